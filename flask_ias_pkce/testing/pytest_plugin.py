@@ -1,0 +1,1 @@
+"""pytest fixtures for testing apps that use flask-ias-pkce."""
