@@ -1,1 +1,32 @@
-"""pytest fixtures for testing apps that use flask-ias-pkce."""
+"""pytest fixtures for testing apps that use flask-ias-pkce.
+
+Installed as the ``ias_pkce`` plugin: every project that has flask-ias-pkce installed gets
+these fixtures without importing anything. The emulator is imported inside the fixtures so
+that merely loading the plugin costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from flask_ias_pkce.testing.emulator import IASEmulator
+
+
+@pytest.fixture
+def ias_emulator() -> Iterator[IASEmulator]:
+    """A running :class:`~flask_ias_pkce.testing.IASEmulator` with default settings,
+    stopped after the test. Trust ``ias_emulator.ca_file`` when calling it."""
+    from flask_ias_pkce.testing.emulator import IASEmulator
+
+    with IASEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def public_token(ias_emulator: IASEmulator) -> str:
+    """A valid public-client token of ``ias_emulator``, as the PKCE flow would give it."""
+    return ias_emulator.issue_public_token()

@@ -1,0 +1,387 @@
+"""The emulated IAS tenant's protocol: signing keys, tokens and the OAuth endpoints.
+
+Nothing here knows about sockets, TLS set-up or fault injection; it answers one parsed
+request at a time (see :mod:`._server`) and is safe to call from many threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from flask_ias_pkce.testing._jws import InvalidTokenError, SigningKey, b64url, verify
+from flask_ias_pkce.testing._server import Request, Response
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_PATH = "/oauth2/token"
+
+_CODE_LIFETIME = 60.0
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
+#: Claims that describe a token rather than its user: an exchange makes new ones.
+_PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", "nonce", "cnf"})
+
+Params = dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class _Grant:
+    """What an authorization code stands for."""
+
+    redirect_uri: str
+    code_challenge: str
+    login_hint: str
+    nonce: str | None
+    expires_at: float
+
+
+class _OAuthError(Exception):
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+def json_response(
+    status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON answer; never cached, as token responses must not be (RFC 6749 5.1)."""
+    return Response(
+        status,
+        json.dumps(payload).encode(),
+        {"Content-Type": "application/json", "Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def s256(verifier: str) -> str:
+    """The PKCE S256 code challenge of ``verifier`` (RFC 7636 4.2)."""
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """``(client_id, secret)`` of an HTTP Basic header, form-decoded as RFC 6749 2.3.1 says;
+    ``None`` without one, empty strings when it is garbled."""
+    if not authorization or authorization[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", "")
+    client_id, _, secret = decoded.partition(":")
+    return unquote(client_id), unquote(secret)
+
+
+def _with_query(uri: str, params: Mapping[str, str]) -> str:
+    split = urlsplit(uri)
+    query = urlencode([*parse_qsl(split.query, keep_blank_values=True), *params.items()])
+    return urlunsplit(split._replace(query=query))
+
+
+class Tenant:
+    """One IAS tenant: who its clients and users are, its keys, and its endpoints."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        token_lifetime: int,
+        exchanged_token_lifetime: int,
+        credential_type: str,
+        client_id: str,
+        client_secret: str,
+        public_client_id: str,
+        xsuaa_client_id: str,
+        app_tid: str,
+        users: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.issuer = ""  # known once the server has a port
+        self.clock = clock
+        self.token_lifetime = token_lifetime
+        self.exchanged_token_lifetime = exchanged_token_lifetime
+        self.credential_type = credential_type
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.public_client_id = public_client_id
+        self.xsuaa_client_id = xsuaa_client_id
+        self.app_tid = app_tid
+        self.users = {hint: dict(claims) for hint, claims in users.items()}
+        self._lock = threading.Lock()
+        self._keys = [SigningKey.generate()]  # the JWKS; the last one signs
+        self._retired: dict[str, SigningKey] = {}
+        self._foreign_key: SigningKey | None = None
+        self._codes: dict[str, _Grant] = {}
+
+    # -- keys and tokens ------------------------------------------------------------------
+
+    @property
+    def current_kid(self) -> str:
+        with self._lock:
+            return self._keys[-1].kid
+
+    def jwks(self) -> dict[str, Any]:
+        with self._lock:
+            return {"keys": [key.public_jwk() for key in self._keys]}
+
+    def rotate_keys(self, retire_old: bool) -> str:
+        new_key = SigningKey.generate()
+        with self._lock:
+            if retire_old:
+                self._retired.update((key.kid, key) for key in self._keys)
+                self._keys = []
+            self._keys.append(new_key)
+        return new_key.kid
+
+    def sign(
+        self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None, kid: str | None
+    ) -> str:
+        with self._lock:
+            keys = {key.kid: key for key in (*self._retired.values(), *self._keys)}
+            key = keys.get(kid) if kid is not None else self._keys[-1]
+        if key is None:
+            raise ValueError(f"no key with kid {kid!r}, current or retired")
+        return key.sign(claims, headers)
+
+    def sign_foreign(self, claims: Mapping[str, Any]) -> str:
+        with self._lock:
+            if self._foreign_key is None:
+                self._foreign_key = SigningKey.generate()
+            foreign = SigningKey(self._keys[-1].kid, self._foreign_key.private_key)
+        return foreign.sign(claims)
+
+    def public_claims(self, login_hint: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The claims of a public-client token for a user (the first one by default);
+        ``overrides`` replace claims, ``None`` removes one."""
+        hint = login_hint if login_hint is not None else next(iter(self.users))
+        user = self.users[hint]
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": user.get("user_uuid", hint),
+            "email": hint,
+            "app_tid": self.app_tid,
+            "sid": f"S-SP-{uuid.uuid4()}",
+            **user,
+            "aud": self.public_client_id,
+            "azp": self.public_client_id,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+            "jti": str(uuid.uuid4()),
+        }
+        for name, value in overrides.items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return claims
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def route(self, request: Request, params: Params) -> Response:
+        """Answer a request with IAS's behaviour; 404/405 JSON for anything else."""
+        routes: dict[str, tuple[str, Callable[[Request, Params], Response]]] = {
+            "/.well-known/openid-configuration": ("GET", self._discovery),
+            "/oauth2/certs": ("GET", lambda request, params: json_response(200, self.jwks())),
+            "/oauth2/authorize": ("GET", self._authorize),
+            TOKEN_PATH: ("POST", self._token),
+        }
+        if request.path not in routes:
+            return json_response(404, {"error": "not_found", "error_description": "no endpoint"})
+        method, endpoint = routes[request.path]
+        if request.method != method:
+            payload = {"error": "invalid_request", "error_description": f"use {method}"}
+            return json_response(405, payload, {"Allow": method})
+        return endpoint(request, params)
+
+    def _discovery(self, request: Request, params: Params) -> Response:
+        return json_response(
+            200,
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": self.issuer + "/oauth2/authorize",
+                "token_endpoint": self.issuer + TOKEN_PATH,
+                "jwks_uri": self.issuer + "/oauth2/certs",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "grant_types_supported": ["authorization_code", JWT_BEARER],
+                "token_endpoint_auth_methods_supported": [
+                    "tls_client_auth",
+                    "client_secret_basic",
+                    "client_secret_post",
+                ],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "code_challenge_methods_supported": ["S256"],
+                "scopes_supported": ["openid", "email", "profile", "groups"],
+            },
+        )
+
+    def _authorize(self, request: Request, params: Params) -> Response:
+        query = {name: values[0] for name, values in params.items()}
+        redirect_uri = query.get("redirect_uri", "")
+        split = urlsplit(redirect_uri)
+        # RFC 6749 4.1.2.1: never redirect for an unknown client or to an unusable URI.
+        if query.get("client_id") != self.public_client_id:
+            payload = {"error": "invalid_request", "error_description": "unknown client_id"}
+            return json_response(400, payload)
+        if not split.scheme or split.fragment or not (split.netloc or split.path):
+            payload = {"error": "invalid_request", "error_description": "invalid redirect_uri"}
+            return json_response(400, payload)
+        state = {"state": query["state"]} if "state" in query else {}
+
+        def refuse(error: str, description: str) -> Response:
+            answer = {"error": error, "error_description": description, **state}
+            return Response(302, headers={"Location": _with_query(redirect_uri, answer)})
+
+        if any(len(values) > 1 for values in params.values()):
+            return refuse("invalid_request", "a parameter is repeated")
+        if query.get("response_type") != "code":
+            return refuse("unsupported_response_type", "only response_type=code is supported")
+        if query.get("code_challenge_method") != "S256":
+            return refuse("invalid_request", "code_challenge_method must be S256")
+        if not _CHALLENGE.fullmatch(query.get("code_challenge", "")):
+            return refuse("invalid_request", "code_challenge is missing or malformed")
+        login_hint = query.get("login_hint") or next(iter(self.users))
+        if login_hint not in self.users:
+            return refuse("access_denied", "unknown user")
+        code = secrets.token_urlsafe(32)
+        grant = _Grant(
+            redirect_uri,
+            query["code_challenge"],
+            login_hint,
+            query.get("nonce"),
+            self.clock() + _CODE_LIFETIME,
+        )
+        with self._lock:
+            self._codes[code] = grant
+        location = _with_query(redirect_uri, {"code": code, **state})
+        return Response(302, headers={"Location": location})
+
+    def _token(self, request: Request, params: Params) -> Response:
+        try:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != "application/x-www-form-urlencoded":
+                raise _OAuthError("invalid_request", "the body must be form-encoded")
+            if any(len(values) > 1 for name, values in params.items() if name != "resource"):
+                raise _OAuthError("invalid_request", "a parameter is repeated")
+            form = {name: values[0] for name, values in params.items()}
+            grant_type = form.get("grant_type")
+            if not grant_type:
+                raise _OAuthError("invalid_request", "grant_type is missing")
+            if grant_type == "authorization_code":
+                return json_response(200, self._code_grant(form))
+            if grant_type == JWT_BEARER:
+                return json_response(200, self._jwt_bearer_grant(request, form))
+            raise _OAuthError("unsupported_grant_type", f"grant_type {grant_type} not supported")
+        except _OAuthError as error:
+            payload = {"error": error.error, "error_description": error.description}
+            # RFC 6749 5.2: a client that tried Basic gets a Basic challenge back.
+            tried_basic = basic_credentials(request.headers.get("authorization")) is not None
+            challenge = {"WWW-Authenticate": 'Basic realm="ias-emulator"'}
+            headers = challenge if error.status == 401 and tried_basic else {}
+            return json_response(error.status, payload, headers)
+
+    def _code_grant(self, form: dict[str, str]) -> dict[str, Any]:
+        required = ("client_id", "code", "redirect_uri", "code_verifier")
+        missing = [name for name in required if not form.get(name)]
+        if missing:
+            raise _OAuthError("invalid_request", f"missing {', '.join(missing)}")
+        if form["client_id"] != self.public_client_id:
+            raise _OAuthError("invalid_client", "unknown client", 401)
+        # Any presentation burns the code, so a wrong verifier gets no second guess.
+        with self._lock:
+            grant = self._codes.pop(form["code"], None)
+        if grant is None or self.clock() >= grant.expires_at:
+            raise _OAuthError("invalid_grant", "the code is invalid, used or expired")
+        if form["redirect_uri"] != grant.redirect_uri:
+            raise _OAuthError("invalid_grant", "redirect_uri differs from the authorize request")
+        verifier = form["code_verifier"]
+        if not _VERIFIER.fullmatch(verifier) or not hmac.compare_digest(
+            s256(verifier), grant.code_challenge
+        ):
+            raise _OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+        claims = self.public_claims(grant.login_hint, {"nonce": grant.nonce})
+        return {
+            "access_token": self.sign({**claims, "jti": str(uuid.uuid4())}, None, None),
+            "id_token": self.sign(claims, None, None),
+            "token_type": "Bearer",
+            "expires_in": self.token_lifetime,
+        }
+
+    def _authenticate(self, request: Request, form: dict[str, str]) -> None:
+        if self.credential_type == "SECRET":
+            basic = basic_credentials(request.headers.get("authorization"))
+            if basic is None and "client_secret" not in form:
+                raise _OAuthError("invalid_client", "client authentication is required", 401)
+            client_id, secret = basic or (form.get("client_id", ""), form["client_secret"])
+            good_secret = hmac.compare_digest(secret.encode(), self.client_secret.encode())
+            if client_id != self.client_id or not good_secret:
+                raise _OAuthError("invalid_client", "client authentication failed", 401)
+        elif request.client_cn is None:
+            raise _OAuthError("invalid_client", "a client certificate is required", 401)
+        elif request.client_cn != self.client_id:
+            raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
+        if form.get("client_id", self.client_id) != self.client_id:
+            raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
+
+    def _verify_assertion(self, assertion: str) -> dict[str, Any]:
+        with self._lock:
+            keys = {key.kid: key for key in self._keys}
+        try:
+            claims = verify(assertion, keys)
+        except InvalidTokenError as exc:
+            raise _OAuthError("invalid_grant", f"assertion refused: {exc}") from exc
+        now = self.clock()
+        exp, nbf = claims.get("exp"), claims.get("nbf", now)
+        if claims.get("iss") != self.issuer:
+            raise _OAuthError("invalid_grant", "assertion refused: not issued by this tenant")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
+            raise _OAuthError("invalid_grant", "assertion refused: expired")
+        if not isinstance(nbf, int | float) or nbf > now:
+            raise _OAuthError("invalid_grant", "assertion refused: not yet valid")
+        return claims
+
+    def _jwt_bearer_grant(self, request: Request, form: dict[str, str]) -> dict[str, Any]:
+        # Client first: an unauthenticated caller learns nothing about its assertion.
+        self._authenticate(request, form)
+        if not form.get("assertion"):
+            raise _OAuthError("invalid_request", "assertion is missing")
+        access_format = form.get("token_format", "opaque")  # IAS's default for this grant
+        if access_format not in ("jwt", "opaque"):
+            raise _OAuthError("invalid_request", "token_format must be jwt or opaque")
+        if form.get("app_tid", self.app_tid) != self.app_tid:
+            raise _OAuthError("invalid_request", "unknown app_tid")
+        public = self._verify_assertion(form["assertion"])
+        now = int(self.clock())
+        claims = {
+            "iss": self.issuer,
+            **{name: value for name, value in public.items() if name not in _PER_TOKEN_CLAIMS},
+            "aud": [self.client_id, self.xsuaa_client_id],
+            "azp": self.client_id,
+            "iat": now,
+            "exp": now + self.exchanged_token_lifetime,
+            "jti": str(uuid.uuid4()),
+        }
+        if access_format == "jwt":
+            access_token = self.sign({**claims, "jti": str(uuid.uuid4())}, None, None)
+        else:
+            access_token = secrets.token_urlsafe(32)
+        answer: dict[str, Any] = {
+            "access_token": access_token,
+            "id_token": self.sign(claims, None, None),
+            "token_type": "Bearer",
+            "expires_in": self.exchanged_token_lifetime,
+        }
+        if form.get("refresh_expiry") != "0":
+            answer["refresh_token"] = secrets.token_urlsafe(32)
+        return answer

@@ -1,0 +1,543 @@
+"""``IASEmulator``: a local SAP Identity Authentication over real HTTPS and mTLS.
+
+It speaks the IAS endpoints flask-ias-pkce uses (discovery, ``/oauth2/certs``,
+``/oauth2/authorize`` and ``/oauth2/token`` for the PKCE authorization-code grant of a
+public client and the jwt-bearer grant of the application), so apps are tested against the
+real protocol, TLS and client certificates included, without SAP. This module is the
+harness (lifecycle, certificates, bindings, call record, faults); the protocol itself lives
+in :mod:`._tenant`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import requests
+
+from flask_ias_pkce.testing import _pki
+from flask_ias_pkce.testing._server import Request, Response, TLSServer
+from flask_ias_pkce.testing._tenant import JWT_BEARER, TOKEN_PATH, Tenant, basic_credentials, s256
+
+DEFAULT_APP_TID = "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90"
+DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
+    "alice@example.com": {
+        "given_name": "Alice",
+        "family_name": "Example",
+        "groups": ["Employees", "Admins"],
+        "user_uuid": "6f1a3c1e-2b4d-4e8f-9a0b-1c2d3e4f5a6b",
+    }
+}
+#: Stands in for secrets in the call record, which ends up in assertion messages.
+_REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the emulator answered, dropped or faulted.
+
+    ``params`` are the form fields of a POST or the query of a GET (``client_secret``
+    redacted); ``headers`` have lower-cased names (``authorization`` redacted but its
+    scheme). ``client_cn`` is the CN of a client certificate that passed TLS verification;
+    ``auth_method`` is how the client presented itself (``tls_client_auth``,
+    ``client_secret_basic``, ``client_secret_post`` or ``None``), whether or not that
+    succeeded. ``status`` is ``None`` for a dropped connection. ``connection_id`` numbers
+    the TCP connections: calls that share one came over keep-alive.
+    """
+
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    client_cn: str | None
+    auth_method: str | None
+    status: int | None
+    connection_id: int
+
+
+@dataclass
+class _Fault:
+    status: int | None
+    body: bytes | None
+    headers: dict[str, str]
+    delay: float
+    drop: bool
+    remaining: int
+
+
+class IASEmulator:
+    """A local IAS tenant at ``https://localhost:<port>`` with its own CA.
+
+    Use it as a context manager (``with IASEmulator() as ias:``) or call :meth:`start` and
+    :meth:`stop`. Clients must trust :attr:`ca_file` (pass ``verify=ias.ca_file`` per
+    request: ``REQUESTS_CA_BUNDLE`` would override a session-wide setting). The application
+    authenticates with :attr:`binding` (a client certificate by default, a secret with
+    ``credential_type="SECRET"``); the public client gets tokens from :meth:`pkce_login` or
+    :meth:`issue_public_token`. Every request is recorded in :attr:`calls`, and
+    :meth:`inject` makes the next answers of an endpoint fail.
+
+    ``clock`` drives token times and code expiry; certificates follow the wall clock.
+    ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        token_lifetime: int = 3600,
+        exchanged_token_lifetime: int = 3600,
+        credential_type: str = "X509_GENERATED",
+        client_id: str = "backend-app-client-id",
+        public_client_id: str = "mobile-app-public-client",
+        xsuaa_client_id: str = "sb-backend!t4711",
+        app_tid: str = DEFAULT_APP_TID,
+        users: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        if credential_type not in ("X509_GENERATED", "SECRET"):
+            raise ValueError("credential_type must be 'X509_GENERATED' or 'SECRET'")
+        if users is not None and not users:
+            raise ValueError("users must name at least one user")
+        self._tenant = Tenant(
+            clock=clock,
+            token_lifetime=token_lifetime,
+            exchanged_token_lifetime=exchanged_token_lifetime,
+            credential_type=credential_type,
+            client_id=client_id,
+            client_secret=secrets.token_urlsafe(32),
+            public_client_id=public_client_id,
+            xsuaa_client_id=xsuaa_client_id,
+            app_tid=app_tid,
+            users=DEFAULT_USERS if users is None else users,
+        )
+        self._xsuaa_client_secret = secrets.token_urlsafe(32)
+        self._lock = threading.Lock()
+        self._calls: list[Call] = []
+        self._faults: dict[str, list[_Fault]] = {}
+        self._server: TLSServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tmpdir: str | None = None
+        self._client: _pki.Issued | None = None
+        self._connections_before_stop = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Create the CA and certificates, bind a free port and serve in a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("the emulator is already running")
+        # mkdtemp makes the directory 0700: only this user can read the private keys in it.
+        tmpdir = tempfile.mkdtemp(prefix="ias-emulator-")
+        try:
+            ca = _pki.make_ca("IAS emulator CA")
+            server = _pki.issue(ca, "localhost", server=True)
+            files = {
+                "ca.pem": ca.certificate_pem,
+                "server.pem": server.certificate_pem,
+                "server-key.pem": server.key_pem,
+            }
+            if self._tenant.credential_type == "X509_GENERATED":
+                self._client = _pki.issue(ca, self._tenant.client_id, server=False)
+                files["client.pem"] = self._client.certificate_pem
+                files["client-key.pem"] = self._client.key_pem
+            for name, text in files.items():
+                Path(tmpdir, name).write_text(text)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(Path(tmpdir, "server.pem"), Path(tmpdir, "server-key.pem"))
+            # Optional: the same endpoint serves mTLS clients and secret-authenticated ones.
+            # Only our CA is trusted, so a certificate of another CA fails the handshake.
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.load_verify_locations(Path(tmpdir, "ca.pem"))
+            self._server = TLSServer(context, self._handle)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        self._tenant.issuer = f"https://localhost:{self._server.port}"
+        self._tmpdir = tmpdir
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # stop() waits at most this long for the loop
+            name=f"ias-emulator-{self._server.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and remove the temporary files. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            self._connections_before_stop = server.connections
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _running(self) -> TLSServer:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running: use start() or a with block")
+        return self._server
+
+    # -- what clients need to know --------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``https://localhost:<port>``: the tenant URL and token issuer."""
+        return f"https://localhost:{self._running().port}"
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` of every token; the same as :attr:`url`."""
+        return self.url
+
+    @property
+    def token_endpoint(self) -> str:
+        """``<url>/oauth2/token``."""
+        return self.url + TOKEN_PATH
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM CA certificate that signed the server (and client) certificates."""
+        return self._path("ca.pem")
+
+    @property
+    def client_certificate_files(self) -> tuple[str, str]:
+        """``(certificate, key)`` file paths of the binding's client certificate, ready for
+        ``requests``' ``cert=``. Only for ``credential_type="X509_GENERATED"``."""
+        if self._tenant.credential_type != "X509_GENERATED":
+            raise RuntimeError("a SECRET binding has no client certificate")
+        return self._path("client.pem"), self._path("client-key.pem")
+
+    def _path(self, name: str) -> str:
+        self._running()
+        assert self._tmpdir is not None
+        return str(Path(self._tmpdir, name))
+
+    @property
+    def credential_type(self) -> str:
+        """``"X509_GENERATED"`` or ``"SECRET"``: how the app authenticates."""
+        return self._tenant.credential_type
+
+    @property
+    def client_id(self) -> str:
+        """The application's (confidential) client id, the CN of its certificate."""
+        return self._tenant.client_id
+
+    @property
+    def public_client_id(self) -> str:
+        """The public (PKCE) client's id, the ``aud`` of public tokens."""
+        return self._tenant.public_client_id
+
+    @property
+    def xsuaa_client_id(self) -> str:
+        """The XSUAA client id that exchanged tokens carry in ``aud``."""
+        return self._tenant.xsuaa_client_id
+
+    @property
+    def app_tid(self) -> str:
+        """The tenant id put in tokens and bindings."""
+        return self._tenant.app_tid
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the last start (each one a TLS handshake attempt);
+        still readable after :meth:`stop`."""
+        server = self._server
+        return server.connections if server is not None else self._connections_before_stop
+
+    @property
+    def binding(self) -> dict[str, Any]:
+        """The credentials of an ``identity`` service binding, as in ``VCAP_SERVICES``."""
+        binding: dict[str, Any] = {
+            "clientid": self._tenant.client_id,
+            "url": self.url,
+            "domains": ["localhost"],
+            "app_tid": self._tenant.app_tid,
+            "credential-type": self._tenant.credential_type,
+        }
+        if self._tenant.credential_type == "SECRET":
+            binding["clientsecret"] = self._tenant.client_secret
+        else:
+            assert self._client is not None
+            binding["certificate"] = self._client.certificate_pem
+            binding["key"] = self._client.key_pem
+        return binding
+
+    @property
+    def xsuaa_binding(self) -> dict[str, Any]:
+        """The credentials of an ``xsuaa`` service binding whose client id IAS adds to ``aud``."""
+        return {
+            "clientid": self._tenant.xsuaa_client_id,
+            "clientsecret": self._xsuaa_client_secret,
+            "xsappname": self._tenant.xsuaa_client_id.removeprefix("sb-"),
+            "url": f"{self.url}/xsuaa",
+            "uaadomain": "localhost",
+            "identityzone": "emulator",
+            "identityzoneid": self._tenant.app_tid,
+            "tenantmode": "dedicated",
+        }
+
+    def vcap_services(self) -> dict[str, Any]:
+        """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
+        return {
+            "identity": [
+                {
+                    "label": "identity",
+                    "name": "ias",
+                    "instance_name": "ias",
+                    "plan": "application",
+                    "tags": ["ias"],
+                    "credentials": self.binding,
+                }
+            ],
+            "xsuaa": [
+                {
+                    "label": "xsuaa",
+                    "name": "xsuaa",
+                    "instance_name": "xsuaa",
+                    "plan": "application",
+                    "tags": ["xsuaa"],
+                    "credentials": self.xsuaa_binding,
+                }
+            ],
+        }
+
+    # -- keys and tokens ------------------------------------------------------------------
+
+    @property
+    def current_kid(self) -> str:
+        """The kid of the key that signs new tokens."""
+        return self._tenant.current_kid
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        """The JWKS served at ``/oauth2/certs``."""
+        return self._tenant.jwks()
+
+    def rotate_keys(self, retire_old: bool = False) -> str:
+        """Add a new signing key and return its kid. Old keys stay in the JWKS unless
+        ``retire_old``; retired keys still sign through :meth:`sign` (``kid=``)."""
+        return self._tenant.rotate_keys(retire_old)
+
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        headers: Mapping[str, Any] | None = None,
+        kid: str | None = None,
+    ) -> str:
+        """Sign ``claims`` as they are (RS256) with the current key, or the key ``kid`` names
+        (retired ones included). ``headers`` add to the JOSE header; ``None`` removes one."""
+        return self._tenant.sign(claims, headers, kid)
+
+    def issue_public_token(self, **claims: Any) -> str:
+        """A token as the PKCE flow gives the public client (first user, ``aud`` = the
+        public client id); ``claims`` add or replace claims (``name=None`` removes one)."""
+        self._running()
+        return self._tenant.sign(self._tenant.public_claims(None, claims), None, None)
+
+    def foreign_key_token(self, **claims: Any) -> str:
+        """Like :meth:`issue_public_token` but signed by a key outside the JWKS that
+        carries the current key's kid: its signature must not verify."""
+        self._running()
+        return self._tenant.sign_foreign(self._tenant.public_claims(None, claims))
+
+    def make_foreign_client_certificate(self) -> tuple[str, str]:
+        """``(certificate PEM, key PEM)`` with the app's client id as CN but issued by
+        another CA: the emulator must not accept it."""
+        foreign = _pki.issue(_pki.make_ca("Foreign CA"), self.client_id, server=False)
+        return foreign.certificate_pem, foreign.key_pem
+
+    # -- the public client's side ---------------------------------------------------------
+
+    def pkce_login(
+        self,
+        redirect_uri: str = "http://localhost/callback",
+        login_hint: str | None = None,
+        verify: str | bool | None = None,
+    ) -> dict[str, Any]:
+        """Run the public client's authorization-code flow with PKCE S256 over HTTPS and
+        return the token response. Raises ``RuntimeError`` when a step fails."""
+        verify = self.ca_file if verify is None else verify
+        verifier = secrets.token_urlsafe(48)
+        state = secrets.token_urlsafe(16)
+        query = {
+            "response_type": "code",
+            "client_id": self._tenant.public_client_id,
+            "redirect_uri": redirect_uri,
+            "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+            "state": state,
+            "scope": "openid",
+        }
+        if login_hint is not None:
+            query["login_hint"] = login_hint
+        with requests.Session() as session:
+            answer = session.get(
+                self.url + "/oauth2/authorize",
+                params=query,
+                allow_redirects=False,
+                verify=verify,
+                timeout=10,
+            )
+            params = dict(parse_qsl(urlsplit(answer.headers.get("Location", "")).query))
+            if answer.status_code != 302 or "code" not in params or params.get("state") != state:
+                raise RuntimeError(
+                    f"authorize failed: {answer.status_code} {params or answer.text}"
+                )
+            answer = session.post(
+                self.token_endpoint,
+                data={
+                    "grant_type": "authorization_code",
+                    "client_id": self._tenant.public_client_id,
+                    "code": params["code"],
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+                verify=verify,
+                timeout=10,
+            )
+        if answer.status_code != 200:
+            raise RuntimeError(f"token request failed: {answer.status_code} {answer.text}")
+        tokens: dict[str, Any] = answer.json()
+        return tokens
+
+    # -- record and faults ----------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every request so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._calls)
+
+    @property
+    def exchanges(self) -> list[Call]:
+        """The jwt-bearer token requests among :attr:`calls`."""
+        return [
+            c
+            for c in self.calls
+            if c.path == TOKEN_PATH and c.params.get("grant_type") == JWT_BEARER
+        ]
+
+    def reset_calls(self) -> None:
+        """Forget the recorded calls (the connection count stays)."""
+        with self._lock:
+            self._calls.clear()
+
+    def inject(
+        self,
+        path: str,
+        *,
+        status: int | None = None,
+        body: bytes | str | Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+        drop: bool = False,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` requests to ``path`` fail.
+
+        Each waits ``delay`` seconds, then the connection is closed without an answer
+        (``drop``) or answered with ``status`` (200 when only ``body`` is given), ``body``
+        (a mapping is sent as JSON) and ``headers``. With neither ``status``, ``body`` nor
+        ``drop``, the request is only delayed and then answered normally. Faults queue up
+        per path in the order injected. ``path`` is matched without the query string.
+        """
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        if isinstance(body, Mapping):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        elif isinstance(body, str):
+            body = body.encode()
+        fault = _Fault(status, body, dict(headers or {}), delay, drop, times)
+        with self._lock:
+            self._faults.setdefault(path, []).append(fault)
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            queue = self._faults.get(path)
+            if not queue:
+                return None
+            fault = queue[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                queue.pop(0)
+            return fault
+
+    # -- the server side ------------------------------------------------------------------
+
+    def _handle(self, request: Request) -> Response:
+        if request.method == "POST":
+            params = parse_qs(request.body.decode("latin-1"), keep_blank_values=True)
+        else:
+            params = parse_qs(request.query, keep_blank_values=True)
+        fault = self._take_fault(request.path)
+        if fault is not None and fault.delay > 0:
+            time.sleep(fault.delay)
+        if fault is not None and (fault.drop or fault.status is not None or fault.body is not None):
+            response = Response(fault.status or 200, fault.body or b"", fault.headers, fault.drop)
+        else:
+            response = self._tenant.route(request, params)
+        self._record(request, params, None if response.drop else response.status)
+        return response
+
+    def _record(self, request: Request, params: dict[str, list[str]], status: int | None) -> None:
+        flat = {name: values[0] for name, values in params.items()}
+        if "client_secret" in flat:
+            flat["client_secret"] = _REDACTED
+        headers = dict(request.headers)
+        if "authorization" in headers:
+            headers["authorization"] = headers["authorization"].split(" ")[0] + " " + _REDACTED
+        if basic_credentials(request.headers.get("authorization")) is not None:
+            method: str | None = "client_secret_basic"
+        elif "client_secret" in flat:
+            method = "client_secret_post"
+        elif request.client_cn is not None:
+            method = "tls_client_auth"
+        else:
+            method = None
+        call = Call(
+            request.method,
+            request.path,
+            flat,
+            headers,
+            request.client_cn,
+            method,
+            status,
+            request.connection_id,
+        )
+        with self._lock:
+            self._calls.append(call)

@@ -1,0 +1,467 @@
+"""The IAS emulator behaves like IAS over real HTTPS and mTLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from jose import jwt
+
+from flask_ias_pkce.testing import Call, IASEmulator
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+REDIRECT_URI = "http://localhost/callback"
+# RFC 7636 Appendix B (the challenge is the RFC's own text: SHA-256 of the verifier, base64url)
+RFC_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+RFC_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ias(clock: Clock) -> Iterator[IASEmulator]:
+    with IASEmulator(clock=clock) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def secret_ias() -> Iterator[IASEmulator]:
+    with IASEmulator(credential_type="SECRET") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client_cert(ias: IASEmulator, tmp_path: Path) -> tuple[str, str]:
+    """The binding's certificate and key written to files, as an app would."""
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_text(ias.binding["certificate"])
+    keyfile.write_text(ias.binding["key"])
+    return str(certfile), str(keyfile)
+
+
+def authorize(ias: IASEmulator, **overrides: str) -> requests.Response:
+    params = {
+        "response_type": "code",
+        "client_id": ias.public_client_id,
+        "redirect_uri": REDIRECT_URI,
+        "code_challenge": RFC_CHALLENGE,
+        "code_challenge_method": "S256",
+        "state": "xyz",
+        **overrides,
+    }
+    return requests.get(
+        ias.url + "/oauth2/authorize",
+        params=params,
+        allow_redirects=False,
+        verify=ias.ca_file,
+        timeout=5,
+    )
+
+
+def redirect_params(answer: requests.Response) -> dict[str, str]:
+    assert answer.status_code == 302
+    return {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["Location"]).query).items()}
+
+
+def redeem(ias: IASEmulator, code: str, verifier: str = RFC_VERIFIER) -> requests.Response:
+    form = {
+        "grant_type": "authorization_code",
+        "client_id": ias.public_client_id,
+        "code": code,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": verifier,
+    }
+    return requests.post(ias.token_endpoint, data=form, verify=ias.ca_file, timeout=5)
+
+
+def exchange(ias: IASEmulator, assertion: str, **kwargs: Any) -> requests.Response:
+    form = {
+        "grant_type": JWT_BEARER,
+        "assertion": assertion,
+        "token_format": "jwt",
+        "refresh_expiry": "0",
+        **kwargs.pop("form", {}),
+    }
+    return requests.post(ias.token_endpoint, data=form, verify=ias.ca_file, timeout=5, **kwargs)
+
+
+def decode(ias: IASEmulator, token: str, audience: str) -> dict[str, Any]:
+    """Verify ``token`` the way a relying party does: key by kid from the served JWKS."""
+    jwks = requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5).json()
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in jwks["keys"] if k["kid"] == kid)
+    claims: dict[str, Any] = jwt.decode(
+        token, key, algorithms=["RS256"], audience=audience, issuer=ias.issuer
+    )
+    return claims
+
+
+# -- discovery and keys ---------------------------------------------------------------------
+
+
+def test_discovery_names_our_endpoints(ias: IASEmulator) -> None:
+    config = requests.get(
+        ias.url + "/.well-known/openid-configuration", verify=ias.ca_file, timeout=5
+    ).json()
+    assert config["issuer"] == ias.url == ias.issuer
+    assert config["token_endpoint"] == ias.token_endpoint
+    assert config["jwks_uri"] == ias.url + "/oauth2/certs"
+    assert JWT_BEARER in config["grant_types_supported"]
+    assert config["code_challenge_methods_supported"] == ["S256"]
+    assert config["id_token_signing_alg_values_supported"] == ["RS256"]
+
+
+def test_unknown_path_is_a_json_404(ias: IASEmulator) -> None:
+    answer = requests.get(ias.url + "/nope", verify=ias.ca_file, timeout=5)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "not_found"
+
+
+def test_rotate_keys_serves_new_key_and_retire_removes_old(ias: IASEmulator) -> None:
+    old_kid = ias.current_kid
+    old_token = ias.issue_public_token()
+    new_kid = ias.rotate_keys()
+    assert ias.current_kid == new_kid != old_kid
+
+    def served() -> set[str]:
+        jwks = requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5).json()
+        return {key["kid"] for key in jwks["keys"]}
+
+    assert served() == {old_kid, new_kid}
+    assert jwt.get_unverified_header(ias.issue_public_token())["kid"] == new_kid
+    decode(ias, old_token, ias.public_client_id)
+
+    newest = ias.rotate_keys(retire_old=True)
+    assert served() == {newest}
+    retired_token = ias.sign({"iss": ias.issuer, "exp": time.time() + 60}, kid=old_kid)
+    assert jwt.get_unverified_header(retired_token)["kid"] == old_kid
+
+
+# -- the public client's PKCE flow ------------------------------------------------------------
+
+
+def test_pkce_login_gives_tokens_that_verify_against_the_jwks(ias: IASEmulator) -> None:
+    tokens = ias.pkce_login()
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 3600
+    claims = decode(ias, tokens["id_token"], ias.public_client_id)
+    assert claims["aud"] == ias.public_client_id
+    assert claims["azp"] == ias.public_client_id
+    assert claims["email"] == "alice@example.com"
+    assert claims["app_tid"] == ias.app_tid
+    assert claims["sub"] == claims["user_uuid"]
+    decode(ias, tokens["access_token"], ias.public_client_id)
+    assert jwt.get_unverified_header(tokens["id_token"]) == {
+        "alg": "RS256",
+        "kid": ias.current_kid,
+        "typ": "JWT",
+    }
+
+
+@pytest.mark.parametrize(
+    ("verifier", "status"),
+    [
+        pytest.param(RFC_VERIFIER, 200, id="rfc7636-appendix-b"),
+        pytest.param(RFC_VERIFIER[:-1] + "Y", 400, id="wrong-verifier"),
+        pytest.param(RFC_CHALLENGE, 400, id="challenge-as-verifier"),
+    ],
+)
+def test_code_redeemed_only_with_the_matching_verifier(
+    ias: IASEmulator, verifier: str, status: int
+) -> None:
+    code = redirect_params(authorize(ias))["code"]
+    answer = redeem(ias, code, verifier)
+    assert answer.status_code == status
+    if status != 200:
+        assert answer.json()["error"] == "invalid_grant"
+
+
+def test_authorize_redirects_code_and_state(ias: IASEmulator) -> None:
+    params = redirect_params(authorize(ias, redirect_uri=REDIRECT_URI + "?app=1"))
+    assert params["state"] == "xyz"
+    assert params["app"] == "1"
+    assert params["code"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge_method": ""}, "invalid_request"),
+        ({"code_challenge": "short"}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"login_hint": "mallory@example.com"}, "access_denied"),
+    ],
+)
+def test_authorize_errors_redirect(ias: IASEmulator, overrides: dict[str, str], error: str) -> None:
+    params = redirect_params(authorize(ias, **overrides))
+    assert params["error"] == error
+    assert params["state"] == "xyz"
+    assert "code" not in params
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"client_id": "someone-else"}, {"redirect_uri": "not a uri"}]
+)
+def test_authorize_never_redirects_for_unknown_client_or_bad_uri(
+    ias: IASEmulator, overrides: dict[str, str]
+) -> None:
+    answer = authorize(ias, **overrides)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_request"
+
+
+def test_code_is_single_use(ias: IASEmulator) -> None:
+    code = redirect_params(authorize(ias))["code"]
+    assert redeem(ias, code).status_code == 200
+    second = redeem(ias, code)
+    assert second.status_code == 400
+    assert second.json()["error"] == "invalid_grant"
+
+
+def test_code_expires_after_60_seconds(ias: IASEmulator, clock: Clock) -> None:
+    code = redirect_params(authorize(ias))["code"]
+    clock.now += 61
+    answer = redeem(ias, code)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"
+
+
+def test_redirect_uri_must_match(ias: IASEmulator) -> None:
+    code = redirect_params(authorize(ias, redirect_uri="http://localhost/other"))["code"]
+    assert redeem(ias, code).json()["error"] == "invalid_grant"
+
+
+# -- the app's jwt-bearer exchange -------------------------------------------------------------
+
+
+def test_exchange_with_client_certificate(ias: IASEmulator, client_cert: tuple[str, str]) -> None:
+    public = decode(ias, ias.pkce_login()["id_token"], ias.public_client_id)
+    assertion = ias.issue_public_token()
+    answer = exchange(ias, assertion, cert=client_cert)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert "refresh_token" not in body
+    assert body["token_type"] == "Bearer"
+    claims = decode(ias, body["id_token"], ias.xsuaa_client_id)
+    assert claims["aud"] == [ias.client_id, ias.xsuaa_client_id]
+    assert claims["azp"] == ias.client_id
+    assert claims["sub"] == public["sub"]
+    assert claims["groups"] == public["groups"]
+    assert decode(ias, body["access_token"], ias.client_id)["sub"] == public["sub"]
+    (call,) = ias.exchanges
+    assert call.auth_method == "tls_client_auth"
+    assert call.client_cn == ias.client_id
+    assert call.params["assertion"] == assertion
+    assert call.status == 200
+
+
+def test_exchange_defaults_to_opaque_access_token_and_refresh_token(
+    ias: IASEmulator, client_cert: tuple[str, str]
+) -> None:
+    form = {"token_format": "opaque", "refresh_expiry": "3600"}
+    body = exchange(ias, ias.issue_public_token(), cert=client_cert, form=form).json()
+    assert body["access_token"].count(".") == 0
+    assert body["refresh_token"]
+
+
+def test_exchange_refused_without_client_certificate(ias: IASEmulator) -> None:
+    answer = exchange(ias, ias.issue_public_token())
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_client"
+
+
+def test_exchange_refused_with_certificate_of_another_ca(ias: IASEmulator, tmp_path: Path) -> None:
+    cert_pem, key_pem = ias.make_foreign_client_certificate()
+    (tmp_path / "c.pem").write_text(cert_pem)
+    (tmp_path / "k.pem").write_text(key_pem)
+    cert = (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    try:
+        answer = exchange(ias, ias.issue_public_token(), cert=cert)
+    except requests.exceptions.ConnectionError:  # SSLError included: handshake refused
+        return
+    assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "make_assertion",
+    [
+        pytest.param(lambda ias: ias.foreign_key_token(), id="foreign-key"),
+        pytest.param(lambda ias: ias.issue_public_token(exp=int(time.time()) - 5), id="expired"),
+        pytest.param(lambda ias: ias.issue_public_token(iss="https://evil.example"), id="issuer"),
+        pytest.param(lambda ias: ias.sign({"iss": ias.issuer}, headers={"alg": "HS256"}), id="alg"),
+        pytest.param(lambda ias: "not-a-jwt", id="garbage"),
+    ],
+)
+def test_exchange_refuses_bad_assertion_from_authenticated_client(
+    ias: IASEmulator, client_cert: tuple[str, str], make_assertion: Any
+) -> None:
+    answer = exchange(ias, make_assertion(ias), cert=client_cert)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"
+
+
+def test_exchange_refuses_assertion_signed_by_retired_key(
+    ias: IASEmulator, client_cert: tuple[str, str]
+) -> None:
+    assertion = ias.issue_public_token()
+    ias.rotate_keys(retire_old=True)
+    assert exchange(ias, assertion, cert=client_cert).json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize(
+    ("form", "error", "status"),
+    [
+        ({"assertion": ""}, "invalid_request", 400),
+        ({"token_format": "xml"}, "invalid_request", 400),
+        ({"client_id": "someone-else"}, "invalid_client", 401),
+        ({"grant_type": "password"}, "unsupported_grant_type", 400),
+    ],
+)
+def test_exchange_request_errors(
+    ias: IASEmulator, client_cert: tuple[str, str], form: dict[str, str], error: str, status: int
+) -> None:
+    answer = exchange(ias, ias.issue_public_token(), cert=client_cert, form=form)
+    assert (answer.status_code, answer.json()["error"]) == (status, error)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_secret_binding_exchange(secret_ias: IASEmulator, method: str) -> None:
+    binding = secret_ias.binding
+    assert "certificate" not in binding
+    credentials = (binding["clientid"], binding["clientsecret"])
+    if method == "client_secret_basic":
+        answer = exchange(secret_ias, secret_ias.issue_public_token(), auth=credentials)
+    else:
+        form = dict(zip(("client_id", "client_secret"), credentials, strict=True))
+        answer = exchange(secret_ias, secret_ias.issue_public_token(), form=form)
+    assert answer.status_code == 200, answer.text
+    assert secret_ias.xsuaa_client_id in jwt.get_unverified_claims(answer.json()["id_token"])["aud"]
+    (call,) = secret_ias.exchanges
+    assert call.auth_method == method
+    assert binding["clientsecret"] not in json.dumps(call.params) + json.dumps(call.headers)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post", "none"])
+def test_secret_binding_refuses_wrong_or_missing_secret(
+    secret_ias: IASEmulator, method: str
+) -> None:
+    client_id = secret_ias.client_id
+    assertion = secret_ias.issue_public_token()
+    if method == "client_secret_basic":
+        answer = exchange(secret_ias, assertion, auth=(client_id, "wrong"))
+        assert answer.headers["WWW-Authenticate"].startswith("Basic")
+    elif method == "client_secret_post":
+        answer = exchange(
+            secret_ias, assertion, form={"client_id": client_id, "client_secret": "x"}
+        )
+    else:
+        answer = exchange(secret_ias, assertion)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_client"
+
+
+# -- bindings ---------------------------------------------------------------------------------
+
+
+def test_vcap_services_carry_both_bindings(ias: IASEmulator) -> None:
+    vcap = ias.vcap_services()
+    identity = vcap["identity"][0]["credentials"]
+    assert identity == ias.binding
+    assert identity["url"] == ias.url
+    assert identity["domains"] == ["localhost"]
+    assert identity["credential-type"] == "X509_GENERATED"
+    assert identity["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    assert identity["key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert vcap["xsuaa"][0]["credentials"]["clientid"] == ias.xsuaa_client_id
+
+
+# -- record and faults ------------------------------------------------------------------------
+
+
+def test_calls_record_requests_and_connections(ias: IASEmulator) -> None:
+    with requests.Session() as session:
+        for _ in range(3):
+            session.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+    requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+    calls = ias.calls
+    assert [c.path for c in calls] == ["/oauth2/certs"] * 4
+    assert all(isinstance(c, Call) and c.status == 200 for c in calls)
+    assert len({c.connection_id for c in calls[:3]}) == 1  # keep-alive
+    assert calls[3].connection_id != calls[0].connection_id
+    assert ias.connections == 2
+    ias.reset_calls()
+    assert ias.calls == []
+
+
+def test_injected_status_body_and_times(ias: IASEmulator, client_cert: tuple[str, str]) -> None:
+    ias.inject("/oauth2/token", status=503, body={"error": "temporarily_unavailable"}, times=2)
+    assertion = ias.issue_public_token()
+    first, second, third = (exchange(ias, assertion, cert=client_cert) for _ in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (503, 503, 200)
+    assert first.json() == {"error": "temporarily_unavailable"}
+    assert [c.status for c in ias.exchanges] == [503, 503, 200]
+
+
+def test_injected_delay_then_normal_answer(ias: IASEmulator) -> None:
+    ias.inject("/oauth2/certs", delay=0.3)
+    started = time.monotonic()
+    answer = requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+    assert time.monotonic() - started >= 0.3
+    assert answer.status_code == 200
+    ias.inject("/oauth2/certs", delay=1.0)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=(5, 0.2))
+
+
+def test_injected_drop_and_clear(ias: IASEmulator) -> None:
+    ias.inject("/oauth2/certs", drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+    assert ias.calls[-1].status is None
+    ias.inject("/oauth2/certs", status=500, times=5)
+    ias.clear_faults()
+    assert requests.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5).ok
+
+
+# -- lifecycle and plugin ---------------------------------------------------------------------
+
+
+def test_stop_is_quick_with_open_connection_and_removes_files() -> None:
+    ias = IASEmulator().start()
+    ca_dir = os.path.dirname(ias.ca_file)
+    assert os.stat(ca_dir).st_mode & 0o777 == 0o700
+    with requests.Session() as session:
+        session.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+        started = time.monotonic()
+        ias.stop()
+        assert time.monotonic() - started < 1
+    assert not os.path.exists(ca_dir)
+    ias.stop()  # idempotent
+    with pytest.raises(RuntimeError):
+        _ = ias.url
+
+
+def test_plugin_fixtures(ias_emulator: IASEmulator, public_token: str) -> None:
+    claims = decode(ias_emulator, public_token, ias_emulator.public_client_id)
+    assert claims["iss"] == ias_emulator.issuer
