@@ -1,0 +1,218 @@
+"""The token cache: an in-process tier in front of a Flask-Caching backend, single flight,
+and negative entries.
+
+An entry is found by an HMAC of the public token (never the token), holds the exchanged
+token and the instant it stops being served (``not_after``), and goes to the backend
+sealed with AES-GCM under that key, so a shared store (Redis) sees neither tokens nor
+claims, and what it gives back is trusted only when it opens.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask_caching.backends.base import BaseCache
+
+from .redis_cache import SafeRedisCache
+from .sealing import Sealer
+
+logger = logging.getLogger("flask_ias_pkce")
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What we remember about one public token.
+
+    ``token`` is the token to use downstream (the exchanged one, or the public one itself
+    on passthrough); it is empty for a negative entry (``denied``: IAS refused the token).
+    """
+
+    token: str
+    not_after: float
+    denied: bool = False
+    passthrough: bool = False
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "v": _FORMAT,
+                "t": self.token,
+                "n": self.not_after,
+                "d": self.denied,
+                "p": self.passthrough,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Entry | None:
+        try:
+            raw = json.loads(data)
+            if raw["v"] != _FORMAT:
+                return None
+            entry = cls(str(raw["t"]), float(raw["n"]), bool(raw["d"]), bool(raw["p"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return entry
+
+
+class _Flight:
+    __slots__ = ("done", "entry", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: Entry | None = None
+        self.error: BaseException | None = None
+
+
+class TokenCache:
+    """Two tiers of exchanged tokens with single flight per token.
+
+    :param backend: the Flask-Caching backend (ours, or the host app's).
+    :param sealer: names entries and seals their values.
+    :param l1_size: entries kept in process; the oldest go first when it is full.
+    :param clock: seconds since the epoch; injectable so tests control expiry.
+    :param wait_timeout: how long a request waits for another one's exchange before it
+        does its own (the exchange's own worst case).
+    """
+
+    def __init__(
+        self,
+        backend: BaseCache,
+        sealer: Sealer,
+        *,
+        l1_size: int,
+        clock: Callable[[], float],
+        wait_timeout: float,
+    ) -> None:
+        self.backend = backend
+        self.sealer = sealer
+        self._l1: dict[str, Entry] = {}
+        self._l1_size = max(0, l1_size)
+        self._l1_lock = threading.Lock()
+        self._clock = clock
+        self._wait_timeout = wait_timeout
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._shared = isinstance(backend, SafeRedisCache)
+
+    def key(self, token: str) -> str:
+        """The cache key of a public token."""
+        return self.sealer.cache_key(token)
+
+    def get(self, key: str) -> Entry | None:
+        """The entry for ``key`` if one is still valid now: in process first, then shared."""
+        now = self._clock()
+        entry = self._l1.get(key)
+        if entry is not None:
+            if entry.not_after > now:
+                return entry
+            self._l1.pop(key, None)
+        sealed = self.backend.get(key)
+        if sealed is None:
+            return None
+        entry = self._open(key, sealed)
+        if entry is None or entry.not_after <= now:
+            return None
+        self._remember(key, entry)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        """Store ``entry`` until its ``not_after``; an entry already due is not stored."""
+        ttl = entry.not_after - self._clock()
+        # Flask-Caching reads a timeout of 0 as "forever": never let one through.
+        if ttl < 1:
+            return
+        self._remember(key, entry)
+        sealed = self.sealer.seal(entry.to_bytes(), associated=key.encode())
+        self.backend.set(key, sealed, timeout=int(ttl))
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` from both tiers."""
+        self._l1.pop(key, None)
+        self.backend.delete(key)
+
+    def _remember(self, key: str, entry: Entry) -> None:
+        if not self._l1_size:
+            return
+        with self._l1_lock:
+            while len(self._l1) >= self._l1_size:
+                self._l1.pop(next(iter(self._l1)), None)
+            self._l1[key] = entry
+
+    def _open(self, key: str, sealed: Any) -> Entry | None:
+        plaintext = (
+            self.sealer.open(sealed, associated=key.encode()) if isinstance(sealed, bytes) else None
+        )
+        entry = Entry.from_bytes(plaintext) if plaintext is not None else None
+        if entry is None:
+            # Written by someone else, with another secret, or damaged: never trusted.
+            logger.warning("A cache entry failed authentication; treated as a miss")
+        return entry
+
+    def get_or_compute(self, key: str, compute: Callable[[], Entry]) -> tuple[Entry, bool]:
+        """The entry for ``key``, computing it at most once at a time per token.
+
+        Returns ``(entry, computed_here)``. Other threads of this process wait for the
+        thread that computes; with a shared backend, other processes wait on a Redis lock.
+        A waiter that waits longer than ``wait_timeout`` computes for itself rather than
+        fail. An error of the computing thread is raised in its waiters too.
+        """
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if flight.done.wait(self._wait_timeout):
+                if flight.error is not None:
+                    raise copy.copy(flight.error)
+                if flight.entry is not None:
+                    return flight.entry, False
+            return compute(), True
+        try:
+            entry, computed = self._compute_once_across_processes(key, compute)
+            flight.entry = entry
+            return entry, computed
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                self._flights.pop(key, None)
+
+    def _compute_once_across_processes(
+        self, key: str, compute: Callable[[], Entry]
+    ) -> tuple[Entry, bool]:
+        backend = self.backend
+        if not isinstance(backend, SafeRedisCache):
+            return compute(), True
+        lock_key = key + ":lock"
+        # The lock outlives a stalled holder by little; keep_alive renews it meanwhile.
+        lock = backend.lock(lock_key, ttl_ms=5000)
+        if lock.acquire():
+            try:
+                # Another process may have finished between our miss and our lock.
+                entry = self.get(key)
+                if entry is not None:
+                    return entry, False
+                with lock.keep_alive():
+                    return compute(), True
+            finally:
+                lock.release()
+        sealed = backend.wait_for(key, self._wait_timeout, lock_key=lock_key)
+        if sealed is not None:
+            entry = self._open(key, sealed)
+            if entry is not None and entry.not_after > self._clock():
+                self._remember(key, entry)
+                return entry, False
+        return compute(), True

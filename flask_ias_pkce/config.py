@@ -1,0 +1,131 @@
+"""Reading and checking ``app.config`` once, at ``init_app``.
+
+A wrong value is a :class:`ConfigError` that names the key and says what it must be,
+raised when the app starts, never at its first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .bindings import Bindings
+from .constants import CONFIG_DEFAULTS, PROTECT_MODES, USE_TOKEN_CHOICES
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The extension's checked settings for one app."""
+
+    enabled: bool
+    protect: str
+    realm: str
+    leeway: int
+    max_token_bytes: int
+    use_token: str
+    passthrough: bool
+    accepted_audiences: frozenset[str]
+    xsuaa_client_id: str
+    verify: bool | str
+    timeout: tuple[float, float]
+    retries: int
+    negative_ttl: int
+    l1_size: int
+    bindings: Bindings
+
+
+def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = config[key]
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}")
+    return str(value)
+
+
+def _integer(config: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key} must be a whole number from {low} to {high}")
+    return value
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be True or False")
+    return value
+
+
+def _timeout(config: Mapping[str, Any]) -> tuple[float, float]:
+    value = config["IAS_PKCE_TIMEOUT"]
+    pair = (value, value) if isinstance(value, int | float) else value
+    if (
+        not isinstance(pair, tuple | list)
+        or len(pair) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        or not all(0 < v <= 120 for v in pair)
+    ):
+        raise ConfigError(
+            "IAS_PKCE_TIMEOUT must be seconds, or a (connect, read) pair, each in (0, 120]"
+        )
+    return float(pair[0]), float(pair[1])
+
+
+def _verify(config: Mapping[str, Any]) -> bool | str:
+    value = config["IAS_PKCE_VERIFY"]
+    if value is True:
+        return True
+    if isinstance(value, str | os.PathLike) and os.path.exists(value):
+        return os.fspath(value)
+    # False is refused on purpose: without TLS verification, whoever sits between us and
+    # IAS receives every user's token.
+    raise ConfigError("IAS_PKCE_VERIFY must be True or the path of an existing CA bundle")
+
+
+def _audiences(config: Mapping[str, Any], default: str) -> frozenset[str]:
+    value = config["IAS_PKCE_ACCEPTED_AUDIENCES"]
+    if value is None:
+        return frozenset((default,))
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list | tuple | set | frozenset)
+        or not items
+        or not all(isinstance(item, str) and item for item in items)
+    ):
+        raise ConfigError("IAS_PKCE_ACCEPTED_AUDIENCES must be a client id or a list of them")
+    return frozenset(items)
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our keys of ``config``, with the defaults filled in."""
+    return {key: config.get(key, default) for key, default in CONFIG_DEFAULTS.items()}
+
+
+def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
+    """Check every ``IAS_PKCE_*`` key and return the :class:`Settings`."""
+    values = with_defaults(config)
+    realm = values["IAS_PKCE_REALM"]
+    if not isinstance(realm, str) or not realm.isprintable() or '"' in realm or "\\" in realm:
+        raise ConfigError("IAS_PKCE_REALM must be printable text without quotes")
+    return Settings(
+        enabled=_flag(values, "IAS_PKCE_ENABLED"),
+        protect=_choice(values, "IAS_PKCE_PROTECT", PROTECT_MODES),
+        realm=realm,
+        leeway=_integer(values, "IAS_PKCE_LEEWAY", 0, 300),
+        max_token_bytes=_integer(values, "IAS_PKCE_MAX_TOKEN_BYTES", 256, 65536),
+        use_token=_choice(values, "IAS_PKCE_USE_TOKEN", USE_TOKEN_CHOICES),
+        passthrough=_flag(values, "IAS_PKCE_PASSTHROUGH"),
+        accepted_audiences=_audiences(values, bindings.identity.client_id),
+        xsuaa_client_id=bindings.xsuaa_client_id,
+        verify=_verify(values),
+        timeout=_timeout(values),
+        retries=_integer(values, "IAS_PKCE_RETRIES", 0, 5),
+        negative_ttl=_integer(values, "IAS_PKCE_NEGATIVE_TTL", 1, 3600),
+        l1_size=_integer(values, "IAS_PKCE_L1_SIZE", 0, 1_000_000),
+        bindings=bindings,
+    )

@@ -1,0 +1,80 @@
+"""What a view sees: the request's :class:`TokenContext`, through ``current_token``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, cast
+
+from flask import g
+from werkzeug.local import LocalProxy
+
+from .constants import G_ATTRIBUTE
+from .verify import unverified_claims
+
+
+class TokenContext:
+    """The token of the current request, after every check passed.
+
+    :ivar token: the token for downstream, XSUAA-aware calls: the exchanged (private) JWT,
+        or the public token itself when it already carried the XSUAA client id.
+    :ivar from_cache: whether this request was served without an exchange.
+    :ivar passthrough: whether the public token was used as it is.
+
+    ``repr()`` never shows a token.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        public_token: str,
+        from_cache: bool,
+        passthrough: bool = False,
+        xsuaa: Callable[[TokenContext], str] | None = None,
+    ) -> None:
+        self.token = token
+        self._public_token = public_token
+        self.from_cache = from_cache
+        self.passthrough = passthrough
+        self._xsuaa = xsuaa
+
+    @cached_property
+    def claims(self) -> dict[str, Any]:
+        """The claims of :attr:`token` (verified when it was obtained)."""
+        return unverified_claims(self.token)
+
+    @cached_property
+    def public_claims(self) -> dict[str, Any]:
+        """The claims of the public token the client sent (verified before its exchange)."""
+        return unverified_claims(self._public_token)
+
+    @property
+    def expires_at(self) -> float:
+        """When :attr:`token` expires (``exp``, seconds since the epoch)."""
+        return float(self.claims["exp"])
+
+    def xsuaa_token(self) -> str:
+        """Exchange :attr:`token` for an XSUAA token (the optional second hop; cached)."""
+        if self._xsuaa is None:
+            raise RuntimeError("No XSUAA binding is configured for the second hop")
+        return self._xsuaa(self)
+
+    def __repr__(self) -> str:
+        subject = self.claims.get("sub")
+        return (
+            f"<TokenContext sub={subject!r} expires_at={self.expires_at:.0f} "
+            f"from_cache={self.from_cache} passthrough={self.passthrough}>"
+        )
+
+
+def _current() -> TokenContext | None:
+    return cast("TokenContext | None", g.get(G_ATTRIBUTE))
+
+
+if TYPE_CHECKING:
+    current_token: TokenContext
+else:
+    #: The request's :class:`TokenContext`; falsy (``None``) on an exempt endpoint, or on
+    #: an ``optional`` one that was called without a token.
+    current_token = LocalProxy(_current)

@@ -1,0 +1,131 @@
+"""The jwt-bearer exchange at IAS (RFC 7523): a public token in, a token for the app out."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Mapping
+from urllib.parse import quote
+
+import requests
+
+from . import http
+from .bindings import IdentityBinding
+from .constants import JWT_BEARER_GRANT
+from .errors import IASRefused, InvalidToken
+
+logger = logging.getLogger("flask_ias_pkce")
+
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+# SAP/cloud-sdk-java#1186: IAS has answered a valid jwt-bearer request with this error
+# once and accepted it on an immediate retry.
+_TRANSIENT_DESCRIPTION = "missing web session"
+
+
+def _error_code(answer: http.Answer) -> str:
+    """The RFC 6749 ``error`` of an answer, only if it looks like one (it goes to logs)."""
+    body = answer.json()
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "unknown"
+
+
+def _is_transient(answer: http.Answer) -> bool:
+    body = answer.json()
+    if answer.status != 400 or not isinstance(body, dict):
+        return False
+    description = body.get("error_description")
+    return (
+        body.get("error") == "invalid_client"
+        and isinstance(description, str)
+        and _TRANSIENT_DESCRIPTION in description.lower()
+    )
+
+
+class ExchangeClient:
+    """Exchanges public tokens at IAS with the app's own binding.
+
+    One keep-alive :class:`requests.Session` serves every exchange, so the TLS handshake
+    (with the client certificate) is paid once per connection, not once per token.
+    """
+
+    def __init__(
+        self,
+        binding: IdentityBinding,
+        *,
+        policy: http.HttpPolicy,
+        use_token: str,
+        session: requests.Session | None = None,
+    ) -> None:
+        self._binding = binding
+        self._policy = policy
+        self._use_token = use_token
+        if session is None:
+            session = (
+                http.new_session(binding.certificate, binding.key)
+                if binding.uses_certificate
+                else http.new_session()
+            )
+        self.session = session
+
+    def exchange(self, assertion: str, *, issuer: str, app_tid: str | None) -> str:
+        """Exchange ``assertion`` at the token endpoint of ``issuer`` and return the token
+        named by ``IAS_PKCE_USE_TOKEN``.
+
+        ``issuer`` must have passed the domains check: for a multi-tenant app it is the
+        consumer's tenant, whose endpoint must answer (not the provider's binding URL).
+        """
+        form = {
+            "grant_type": JWT_BEARER_GRANT,
+            "client_id": self._binding.client_id,
+            "assertion": assertion,
+            "token_format": "jwt",
+            "refresh_expiry": "0",
+        }
+        if app_tid:
+            form["app_tid"] = app_tid
+        headers = {"Accept": "application/json"}
+        if not self._binding.uses_certificate:
+            headers["Authorization"] = self._basic_authorization()
+        answer = http.call(
+            self.session,
+            "POST",
+            f"{issuer}/oauth2/token",
+            policy=self._policy,
+            what="exchange",
+            retry_on=_is_transient,
+            data=form,
+            headers=headers,
+        )
+        return self._token_of(answer)
+
+    def _basic_authorization(self) -> str:
+        # RFC 6749 2.3.1: id and secret are form-urlencoded before they are joined.
+        secret = self._binding.client_secret or ""
+        pair = f"{quote(self._binding.client_id, safe='')}:{quote(secret, safe='')}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
+    def _token_of(self, answer: http.Answer) -> str:
+        if answer.status == 200:
+            body = answer.json()
+            token = body.get(self._use_token) if isinstance(body, Mapping) else None
+            if isinstance(token, str) and token.count(".") == 2:
+                return token
+            logger.error("Exchange answer holds no usable %s", self._use_token)
+            raise IASRefused(
+                "The identity service's answer holds no usable token", reason="exchange_no_token"
+            )
+        code = _error_code(answer)
+        if answer.status == 400 and code == "invalid_grant":
+            raise InvalidToken(
+                "The identity service does not accept this token", reason="ias_invalid_grant"
+            )
+        logger.error("Exchange refused: IAS answered %d %s", answer.status, code)
+        raise IASRefused(
+            "The identity service refused to exchange the token",
+            reason=f"exchange_refused_{code}",
+        )
+
+    def close(self) -> None:
+        """Close the keep-alive connections."""
+        self.session.close()

@@ -1,0 +1,314 @@
+"""The Flask extension: configuration at ``init_app``, the policy of which endpoints need a
+token, and the ``before_request`` hook. The only module that knows Flask's hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import requests
+from flask import Blueprint, Flask, current_app, g, request
+from flask_caching import Cache
+from flask_caching.backends.base import BaseCache
+from flask_caching.backends.nullcache import NullCache
+from flask_caching.backends.simplecache import SimpleCache
+
+from . import http
+from .bearer import parse_bearer
+from .bindings import Bindings, load_bindings
+from .cache import TokenCache
+from .config import ConfigError, Settings, load_settings
+from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
+from .context import current_token
+from .errors import IASPKCEError
+from .exchange import ExchangeClient
+from .sealing import Sealer
+from .service import Authenticator
+from .verify import JWKSCache, TokenVerifier
+
+logger = logging.getLogger("flask_ias_pkce")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What an endpoint needs.
+SKIP: Final = "skip"
+REQUIRED: Final = "required"
+OPTIONAL: Final = "optional"
+
+_SAFE_REDIS = "flask_ias_pkce.redis_cache.SafeRedisCache"
+_REDIS_ALIASES = frozenset({"RedisCache", "SafeRedisCache", _SAFE_REDIS})
+# Flask-Caching's Redis backends unpickle what they read: whoever can write to that Redis
+# could run code in the app. They are refused for our cache.
+_PICKLING_REDIS = frozenset(
+    {
+        "redis",
+        "rediscluster",
+        "redissentinel",
+        "RedisClusterCache",
+        "RedisSentinelCache",
+        "flask_caching.backends.RedisCache",
+        "flask_caching.backends.rediscache.RedisCache",
+        "flask_caching.backends.RedisClusterCache",
+        "flask_caching.backends.RedisSentinelCache",
+    }
+)
+# Flask-Caching reads these itself; setting each keeps the host's CACHE_* out of our cache.
+_CACHE_DEFAULTS: Final = {
+    "CACHE_TYPE": "SimpleCache",
+    "CACHE_DEFAULT_TIMEOUT": 300,
+    "CACHE_IGNORE_ERRORS": False,
+    "CACHE_THRESHOLD": 10_000,
+    "CACHE_KEY_PREFIX": "",
+    "CACHE_OPTIONS": None,
+    "CACHE_ARGS": [],
+    "CACHE_NO_NULL_WARNING": True,
+    "CACHE_SOURCE_CHECK": False,
+    "CACHE_REDIS_URL": None,
+}
+
+
+@dataclass
+class _State:
+    """What ``app.extensions["ias_pkce"]`` holds for one app."""
+
+    settings: Settings
+    authenticator: Authenticator
+    ias_session: requests.Session
+    modes: dict[str, str] = field(default_factory=dict)
+
+
+class IASPKCE:
+    """Lets public (PKCE) clients of SAP Identity Authentication call a Flask app.
+
+    Each protected request's ``Authorization: Bearer`` token is verified, exchanged at IAS
+    for a token whose audience holds the XSUAA client id (once per token: the result is
+    cached), and offered to the view as :data:`~flask_ias_pkce.current_token`.
+
+    :param app: the app, or ``None`` to call :meth:`init_app` later.
+    :param clock: seconds since the epoch; tests pass a fake one.
+
+    The extension object keeps no app: several apps can share one instance, and each
+    app's state lives in ``app.extensions["ias_pkce"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._view_marks: dict[Callable[..., Any], str] = {}
+        self._blueprint_marks: dict[object, str] = {}
+        if app is not None:
+            self.init_app(app)
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def init_app(self, app: Flask, cache: Cache | None = None) -> None:
+        """Read the configuration and service bindings, build the IAS client and the
+        token cache, and register the ``before_request`` hook.
+
+        :param cache: a :class:`flask_caching.Cache` of the host app to keep exchanged
+            tokens in; by default the extension makes its own from ``IAS_PKCE_CACHE_*``.
+        :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
+        :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
+        """
+        for key, default in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, default)
+        bindings = load_bindings(app.config, os.environ)
+        settings = load_settings(app.config, bindings)
+        policy = http.HttpPolicy(
+            verify=settings.verify, timeout=settings.timeout, retries=settings.retries
+        )
+        exchanger = ExchangeClient(bindings.identity, policy=policy, use_token=settings.use_token)
+        keys = JWKSCache(
+            exchanger.session,
+            policy=policy,
+            client_id=bindings.identity.client_id,
+            clock=self._clock,
+        )
+        verifier = TokenVerifier(
+            keys, domains=bindings.identity.domains, leeway=settings.leeway, clock=self._clock
+        )
+        backend = cache.cache if cache is not None else _own_cache(app, bindings)
+        token_cache = TokenCache(
+            backend,
+            _sealer(app, backend),
+            l1_size=settings.l1_size,
+            clock=self._clock,
+            wait_timeout=policy.worst_case_seconds(),
+        )
+        authenticator = Authenticator(
+            settings,
+            verifier=verifier,
+            exchanger=exchanger,
+            cache=token_cache,
+            clock=self._clock,
+        )
+        app.extensions[EXTENSION_NAME] = _State(settings, authenticator, exchanger.session)
+        app.before_request(self._authenticate_request)
+        logger.info(
+            "flask-ias-pkce ready: binding from %s, %s, cache %s",
+            bindings.identity.source,
+            "mTLS" if bindings.identity.uses_certificate else "client secret",
+            type(backend).__name__,
+        )
+
+    # -- policy -------------------------------------------------------------------------
+
+    def exempt(self, view_or_blueprint: F) -> F:
+        """Never ask for a token on this view, or on every view of this blueprint (and
+        its nested blueprints). Usable as a decorator."""
+        self._mark(view_or_blueprint, SKIP)
+        return view_or_blueprint
+
+    def protect(self, blueprint: Blueprint) -> Blueprint:
+        """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT = "marked"``)."""
+        if not isinstance(blueprint, Blueprint):
+            raise TypeError("protect() takes a Blueprint; use @required for a view")
+        self._mark(blueprint, REQUIRED)
+        return blueprint
+
+    def required(self, view: F) -> F:
+        """Decorator: this view needs a valid token, whatever the blueprint or mode says."""
+        self._mark(view, REQUIRED)
+        return view
+
+    def optional(self, view: F) -> F:
+        """Decorator: a token is used when sent (and must then be valid); without one the
+        view runs with a falsy ``current_token``."""
+        self._mark(view, OPTIONAL)
+        return view
+
+    def _mark(self, target: Any, mode: str) -> None:
+        if isinstance(target, Blueprint):
+            self._blueprint_marks[target] = mode
+        elif callable(target):
+            self._view_marks[target] = mode
+        else:
+            raise TypeError("expected a view function or a Blueprint")
+
+    def _mode(self, app: Flask, state: _State) -> str:
+        endpoint = request.endpoint
+        if endpoint is None or request.routing_exception is not None:
+            return SKIP  # 404 and 405 answer without a challenge
+        mode = state.modes.get(endpoint)
+        if mode is None:
+            mode = state.modes[endpoint] = self._resolve(app, state, endpoint)
+        return mode
+
+    def _resolve(self, app: Flask, state: _State, endpoint: str) -> str:
+        mark = self._view_marks.get(app.view_functions.get(endpoint))  # type: ignore[arg-type]
+        if mark is not None:
+            return mark
+        if endpoint == "static" or endpoint.endswith(".static"):
+            return SKIP
+        # Innermost blueprint first: a nested blueprint's own mark beats its parent's.
+        for name in request.blueprints:
+            blueprint = app.blueprints.get(name)
+            mark = self._blueprint_marks.get(blueprint) if blueprint is not None else None
+            if mark is not None:
+                return mark
+        return REQUIRED if state.settings.protect == "all" else SKIP
+
+    # -- the hook -----------------------------------------------------------------------
+
+    def _authenticate_request(self) -> None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state: _State = app.extensions[EXTENSION_NAME]
+        settings = state.settings
+        if not settings.enabled:
+            return
+        if request.method == "OPTIONS" and _is_preflight_or_automatic():
+            return
+        mode = self._mode(app, state)
+        if mode == SKIP:
+            return
+        authorization = request.headers.get("Authorization")
+        token_in_query = b"access_token=" in request.query_string
+        if mode == OPTIONAL and authorization is None and not token_in_query:
+            setattr(g, G_ATTRIBUTE, None)
+            return
+        try:
+            token = parse_bearer(
+                authorization,
+                max_bytes=settings.max_token_bytes,
+                token_in_query=token_in_query,
+            )
+            context = state.authenticator.authenticate(token)
+        except IASPKCEError as error:
+            error.realm = settings.realm
+            logger.info("Refused %s %s: %s", request.method, request.path, error.reason)
+            raise
+        setattr(g, G_ATTRIBUTE, context)
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def session(self) -> requests.Session:
+        """A :class:`requests.Session` that sends the request's exchanged token as Bearer.
+
+        Use it for calls to XSUAA-aware services inside a request. TLS verification is
+        ``requests``' default; the token is read at send time, per request.
+        """
+        session = requests.Session()
+        session.auth = _CurrentTokenAuth()
+        return session
+
+
+def _is_preflight_or_automatic() -> bool:
+    # A CORS preflight carries no credentials, and an OPTIONS answered by Flask itself
+    # runs no view; an OPTIONS handled by a view of its own is protected like any method.
+    rule = request.url_rule
+    return "Access-Control-Request-Method" in request.headers or bool(
+        getattr(rule, "provide_automatic_options", False)
+    )
+
+
+class _CurrentTokenAuth(requests.auth.AuthBase):
+    def __call__(self, prepared: requests.PreparedRequest) -> requests.PreparedRequest:
+        if not current_token:
+            raise RuntimeError("No token in this request: the endpoint is exempt or optional")
+        prepared.headers["Authorization"] = f"Bearer {current_token.token}"
+        return prepared
+
+
+def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
+    config = dict(_CACHE_DEFAULTS)
+    for key, value in app.config.items():
+        if key.startswith("IAS_PKCE_CACHE_") and key != "IAS_PKCE_CACHE_SECRET":
+            config[key.removeprefix("IAS_PKCE_")] = value
+    cache_type = config["CACHE_TYPE"]
+    if cache_type in _PICKLING_REDIS:
+        raise ConfigError(
+            f"IAS_PKCE_CACHE_TYPE {cache_type!r} unpickles what it reads from Redis; "
+            'use "RedisCache", which selects flask-ias-pkce\'s safe Redis backend'
+        )
+    if cache_type in _REDIS_ALIASES:
+        config["CACHE_TYPE"] = _SAFE_REDIS
+        config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
+        if not config["CACHE_REDIS_URL"]:
+            raise ConfigError(
+                "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
+                "and no bound Redis service"
+            )
+    cache = Cache(config=config, with_jinja2_ext=False)
+    cache.init_app(app, config=config)
+    return cache.cache
+
+
+def _sealer(app: Flask, backend: BaseCache) -> Sealer:
+    secret = app.config.get("IAS_PKCE_CACHE_SECRET")
+    in_process = isinstance(backend, SimpleCache | NullCache)
+    if secret is None:
+        if not in_process:
+            raise ConfigError(
+                "IAS_PKCE_CACHE_SECRET must be set (the same in every process) when the "
+                f"token cache is shared ({type(backend).__name__})"
+            )
+        return Sealer.random()
+    if not isinstance(secret, str | bytes):
+        raise ConfigError("IAS_PKCE_CACHE_SECRET must be text or bytes")
+    try:
+        return Sealer(secret)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

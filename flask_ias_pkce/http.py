@@ -1,0 +1,262 @@
+"""Calls to IAS: one keep-alive session per binding, mTLS without a key file left on disk,
+explicit TLS verification, timeouts and bounded retries.
+
+What can go wrong on the wire is mapped here, once, to the answers of DESIGN.md's error
+table: a read timeout is a 504, anything that keeps us from talking to IAS is a 503 with
+``Retry-After``, an answer we cannot use is a 502.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+from .constants import (
+    RETRY_AFTER_SECONDS,
+    RETRY_BACKOFF_BASE_SECONDS,
+    RETRY_BACKOFF_CAP_SECONDS,
+    RETRY_STATUSES,
+)
+from .errors import IASRefused, IASTimeout, IASUnavailable
+
+logger = logging.getLogger("flask_ias_pkce")
+
+#: Answers of IAS are small JSON documents; a larger body is not an answer we can use.
+MAX_ANSWER_BYTES = 256 * 1024
+
+Verify = bool | str
+
+
+class _ClientCertificateAdapter(HTTPAdapter):
+    """An adapter whose TLS contexts carry the binding's client certificate.
+
+    ``requests`` can only load a client certificate from files, on every new connection.
+    Here the PEM text is loaded once per trust setting into an :class:`ssl.SSLContext`
+    and the files it passed through are removed at once, so the private key lives in
+    memory only. The context is handed to urllib3 through the documented
+    ``build_connection_pool_key_attributes`` hook.
+    """
+
+    def __init__(self, certificate: str | None, key: str | None) -> None:
+        self._certificate = certificate
+        self._key = key
+        self._contexts: dict[Verify, ssl.SSLContext] = {}
+        self._contexts_lock = threading.Lock()
+        super().__init__(pool_connections=4, pool_maxsize=32)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        if host_params.get("scheme") != "https":
+            return host_params, pool_kwargs
+        # The context carries trust and identity: no other TLS keyword may override it.
+        return host_params, {"ssl_context": self._context(verify)}
+
+    def _context(self, verify: Verify) -> ssl.SSLContext:
+        with self._contexts_lock:
+            context = self._contexts.get(verify)
+            if context is None:
+                context = self._contexts[verify] = self._new_context(verify)
+            return context
+
+    def _new_context(self, verify: Verify) -> ssl.SSLContext:
+        if verify is False:
+            # Never reached through our settings (they refuse False); kept as a hard stop.
+            raise ValueError("TLS verification of IAS cannot be turned off")
+        bundle = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+        if os.path.isdir(bundle):
+            context = ssl.create_default_context(capath=bundle)
+        else:
+            context = ssl.create_default_context(cafile=bundle)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._certificate and self._key:
+            _load_identity(context, self._certificate, self._key)
+        return context
+
+
+def _load_identity(context: ssl.SSLContext, certificate: str, key: str) -> None:
+    # The ssl module reads a certificate chain only from files: write both into a private
+    # folder (0700, files 0600), load them and remove them before anything else runs.
+    folder = tempfile.mkdtemp(prefix="ias-pkce-")
+    try:
+        paths = []
+        for name, text in (("certificate.pem", certificate), ("key.pem", key)):
+            path = os.path.join(folder, name)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(text)
+            paths.append(path)
+        context.load_cert_chain(certfile=paths[0], keyfile=paths[1])
+    finally:
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+
+
+def new_session(certificate: str | None = None, key: str | None = None) -> requests.Session:
+    """A keep-alive session for IAS; with ``certificate`` and ``key``, it authenticates by mTLS."""
+    session = requests.Session()
+    adapter = _ClientCertificateAdapter(certificate, key)
+    session.mount("https://", adapter)
+    # Plain HTTP is never used towards IAS: an http:// URL fails instead of leaking a token.
+    session.mount("http://", _RefuseHTTP())
+    return session
+
+
+class _RefuseHTTP(HTTPAdapter):
+    def send(self, *args: Any, **kwargs: Any) -> requests.Response:
+        raise requests.exceptions.InvalidURL("only https:// URLs are used towards IAS")
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """How we call IAS: TLS trust, timeouts, retries, and the injectable clock parts."""
+
+    verify: Verify = True
+    timeout: tuple[float, float] = (3.05, 10.0)
+    retries: int = 2
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = field(default=random.random)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based): exponential, capped, jittered."""
+        ceiling = min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_BASE_SECONDS * 2.0**attempt)
+        return ceiling * (0.5 + 0.5 * self.jitter())
+
+    def worst_case_seconds(self) -> float:
+        """The longest one call can take, retries and backoff included (for the docs)."""
+        connect, read = self.timeout
+        attempts = self.retries + 1
+        waits = sum(
+            min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_BASE_SECONDS * 2.0**n)
+            for n in range(self.retries)
+        )
+        return attempts * (connect + read) + waits
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer of IAS: status, headers and at most :data:`MAX_ANSWER_BYTES` of body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or ``None`` when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+def call(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    policy: HttpPolicy,
+    what: str,
+    retry_on: Callable[[Answer], bool] | None = None,
+    **kwargs: Any,
+) -> Answer:
+    """Send one request to IAS with the policy's timeouts and retries.
+
+    Connection errors and 408/429/5xx answers are retried with backoff; a ``Retry-After``
+    longer than the backoff cap ends the retries at once (IAS asked us to stay away). A
+    read timeout is not retried: IAS took the request and the caller has waited long
+    enough. ``retry_on`` names further answers worth one more try. ``what`` names the
+    call in logs and errors; no URL parameter, header or body ever does.
+    """
+    last_status: int | None = None
+    retry_after = RETRY_AFTER_SECONDS
+    for attempt in range(policy.retries + 1):
+        if attempt:
+            policy.sleep(policy.backoff(attempt - 1))
+        try:
+            answer = _send(session, method, url, policy, **kwargs)
+        except requests.exceptions.ConnectTimeout:
+            logger.warning("%s: connect timeout (attempt %d)", what, attempt + 1)
+            continue
+        except requests.exceptions.ReadTimeout:
+            logger.warning("%s: no answer within the read timeout", what)
+            raise IASTimeout(
+                "The identity service did not answer in time", reason=f"{what}_timeout"
+            ) from None
+        except requests.exceptions.SSLError:
+            # Certificates do not mend themselves between attempts.
+            logger.error("%s: TLS handshake failed", what)
+            raise IASUnavailable(
+                "The identity service cannot be reached securely",
+                reason=f"{what}_tls_error",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            logger.warning("%s: connection failed (attempt %d)", what, attempt + 1)
+            continue
+        except requests.exceptions.RequestException as error:
+            logger.error("%s: request failed: %s", what, type(error).__name__)
+            raise IASUnavailable(
+                "The identity service cannot be reached",
+                reason=f"{what}_unreachable",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from None
+        transient = answer.status in RETRY_STATUSES
+        if not transient and (retry_on is None or not retry_on(answer)):
+            return answer
+        if not transient and attempt == policy.retries:
+            return answer  # the caller maps its own answers once retries are spent
+        last_status = answer.status
+        logger.warning("%s: IAS answered %d (attempt %d)", what, answer.status, attempt + 1)
+        asked = _retry_after(answer.headers)
+        if asked is not None:
+            retry_after = max(1, asked)
+            if asked > RETRY_BACKOFF_CAP_SECONDS:
+                break
+    reason = f"{what}_status_{last_status}" if last_status else f"{what}_unreachable"
+    raise IASUnavailable(
+        "The identity service is unavailable", reason=reason, retry_after=retry_after
+    )
+
+
+def _send(
+    session: requests.Session, method: str, url: str, policy: HttpPolicy, **kwargs: Any
+) -> Answer:
+    with session.request(
+        method,
+        url,
+        verify=policy.verify,
+        timeout=policy.timeout,
+        allow_redirects=False,
+        stream=True,
+        **kwargs,
+    ) as response:
+        body = bytearray()
+        for chunk in response.iter_content(chunk_size=16384):
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise IASRefused(
+                    "The identity service sent an oversized answer", reason="oversized_answer"
+                )
+        return Answer(response.status_code, response.headers, bytes(body))

@@ -1,0 +1,102 @@
+"""From a public token to a :class:`~flask_ias_pkce.TokenContext`: cache, verify,
+passthrough or exchange, check, store. Knows nothing of Flask's request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .cache import Entry, TokenCache
+from .config import Settings
+from .context import TokenContext
+from .errors import IASRefused, InvalidToken
+from .exchange import ExchangeClient
+from .verify import TokenVerifier, audiences
+
+logger = logging.getLogger("flask_ias_pkce")
+
+
+class Authenticator:
+    """Turns a public token into the token the app uses, at most one exchange per token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        verifier: TokenVerifier,
+        exchanger: ExchangeClient,
+        cache: TokenCache,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.exchanger = exchanger
+        self.cache = cache
+        self._clock = clock
+        self._audiences = settings.accepted_audiences
+        self._xsuaa_audience = (settings.xsuaa_client_id,)
+
+    def authenticate(self, public_token: str) -> TokenContext:
+        """Return the context for ``public_token`` or raise an
+        :class:`~flask_ias_pkce.errors.IASPKCEError`."""
+        key = self.cache.key(public_token)
+        entry = self.cache.get(key)
+        from_cache = entry is not None
+        if entry is None:
+            entry, computed = self.cache.get_or_compute(
+                key, lambda: self._obtain(key, public_token)
+            )
+            from_cache = not computed
+        if entry.denied:
+            raise InvalidToken(
+                "The identity service does not accept this token", reason="ias_invalid_grant"
+            )
+        return TokenContext(
+            token=entry.token,
+            public_token=public_token,
+            from_cache=from_cache,
+            passthrough=entry.passthrough,
+        )
+
+    def _obtain(self, key: str, public_token: str) -> Entry:
+        settings = self.settings
+        public = self.verifier.verify(public_token, audience=self._audiences)
+        if settings.passthrough and settings.xsuaa_client_id in audiences(public.claims):
+            entry = Entry(public_token, public.expires_at - settings.leeway, passthrough=True)
+            self.cache.put(key, entry)
+            logger.info("Token passed through (it already carries the XSUAA audience)")
+            return entry
+        app_tid = public.claims.get("app_tid")
+        if not isinstance(app_tid, str):
+            app_tid = settings.bindings.identity.app_tid
+        try:
+            exchanged_token = self.exchanger.exchange(
+                public_token, issuer=public.issuer, app_tid=app_tid
+            )
+        except InvalidToken:
+            # IAS refused the assertion: remember that briefly, so that a replayed bad
+            # token is refused here instead of being sent to IAS again.
+            not_after = min(self._clock() + settings.negative_ttl, public.expires_at)
+            self.cache.put(key, Entry("", not_after, denied=True))
+            logger.info("Exchange refused by IAS (invalid_grant); remembered")
+            raise
+        try:
+            exchanged = self.verifier.verify(
+                exchanged_token, audience=self._xsuaa_audience, issuer=public.issuer
+            )
+        except InvalidToken as error:
+            logger.error("IAS returned an unusable token (%s)", error.reason)
+            raise IASRefused(
+                "The identity service returned an unusable token",
+                reason=f"exchanged_{error.reason}",
+            ) from None
+        if exchanged.claims.get("sub") != public.claims.get("sub"):
+            logger.error("IAS returned a token for another subject")
+            raise IASRefused(
+                "The identity service returned an unusable token", reason="exchanged_subject"
+            )
+        not_after = min(public.expires_at, exchanged.expires_at) - settings.leeway
+        entry = Entry(exchanged_token, not_after)
+        self.cache.put(key, entry)
+        logger.info("Token exchanged at IAS")
+        return entry

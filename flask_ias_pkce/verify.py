@@ -1,0 +1,323 @@
+"""Local verification of IAS tokens: issuer trust, time, audience, and an RS256 signature
+by a key chosen by ``kid`` from the issuer's JWKS.
+
+Every check that needs no network runs first, on the token's unverified contents, so a
+token that could never be valid costs no call to IAS. The signature check comes last and
+decides: nothing read from the token is trusted before it passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from jose import jwk, jws
+from jose.backends import RSAKey
+from jose.backends.base import Key
+from jose.exceptions import JOSEError
+
+from . import http
+from .constants import ALGORITHM, JWKS_REFETCH_INTERVAL_SECONDS, JWKS_TTL_SECONDS
+from .errors import IASRefused, InvalidToken
+
+logger = logging.getLogger("flask_ias_pkce")
+
+_LABEL = re.compile(r"[a-z0-9-]{1,63}")
+_KID = re.compile(r"[\x21-\x7e]{1,128}")
+#: Header parameters whose meaning we would have to understand (RFC 7515 4.1.11).
+_REFUSED_HEADERS = frozenset({"crit"})
+#: At most this many issuers (tenants) keep their keys in memory.
+_MAX_ISSUERS = 256
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _json_object(segment: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_b64decode(segment))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidToken("The token is not a well-formed JWT", reason="malformed_jwt")
+    return value
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a compact JWS without any check; only for tokens verified earlier."""
+    return _json_object(token.split(".")[1])
+
+
+def issuer_origin(issuer: object, domains: Collection[str]) -> str:
+    """Return ``https://host[:port]`` of a trusted issuer, or raise ``InvalidToken``.
+
+    Trusted: https, no user info, query or fragment, no path but ``/``, and a host equal to
+    one of the binding's ``domains`` or exactly one label below it (the tenant). The port
+    plays no part in the decision (DESIGN.md).
+    """
+    if not isinstance(issuer, str) or len(issuer) > 512:
+        raise InvalidToken("The token's issuer is not trusted", reason="issuer_untrusted")
+    try:
+        parts = urlsplit(issuer)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        raise InvalidToken("The token's issuer is not trusted", reason="issuer_untrusted") from None
+    if (
+        parts.scheme != "https"
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+        or parts.path not in ("", "/")
+        or not _host_trusted(host, domains)
+    ):
+        raise InvalidToken("The token's issuer is not trusted", reason="issuer_untrusted")
+    return f"https://{host}" + (f":{port}" if port else "")
+
+
+def _host_trusted(host: str, domains: Collection[str]) -> bool:
+    for domain in domains:
+        if host == domain:
+            return True
+        label, dot, rest = host.partition(".")
+        if dot and rest == domain and _LABEL.fullmatch(label):
+            return True
+    return False
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; a JSON true is no timestamp.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken("The token's time claims are malformed", reason=f"{name}_malformed")
+    return float(value)
+
+
+def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> float:
+    """Check ``exp`` (required), ``nbf`` and ``iat`` with ``leeway``; return ``exp``."""
+    expires = _number(claims, "exp")
+    if expires is None:
+        raise InvalidToken("The token has no expiry", reason="exp_missing")
+    if expires + leeway <= now:
+        raise InvalidToken("The token has expired", reason="expired")
+    not_before = _number(claims, "nbf")
+    if not_before is not None and not_before - leeway > now:
+        raise InvalidToken("The token is not valid yet", reason="not_yet_valid")
+    issued = _number(claims, "iat")
+    if issued is not None and issued - leeway > now:
+        raise InvalidToken("The token was issued in the future", reason="iat_in_future")
+    return expires
+
+
+def audiences(claims: Mapping[str, Any]) -> frozenset[str]:
+    """``aud`` as a set (RFC 7519 allows a string or a list of strings)."""
+    value = claims.get("aud")
+    if isinstance(value, str):
+        return frozenset((value,))
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token whose signature and claims passed every check."""
+
+    claims: dict[str, Any]
+    issuer: str  #: ``https://host[:port]`` of the trusted issuer
+    expires_at: float
+
+
+class _IssuerKeys:
+    __slots__ = ("fetched_at", "keys", "last_refetch", "lock")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Key] = {}
+        self.fetched_at = float("-inf")
+        self.last_refetch = float("-inf")
+        self.lock = threading.Lock()
+
+
+class JWKSCache:
+    """The signing keys of each trusted issuer, found through OIDC discovery.
+
+    Keys are kept for :data:`~flask_ias_pkce.constants.JWKS_TTL_SECONDS`; an unknown
+    ``kid`` fetches them again, at most once per
+    :data:`~flask_ias_pkce.constants.JWKS_REFETCH_INTERVAL_SECONDS` per issuer, so that a
+    key rotation is picked up at once while a flood of made-up ``kid`` values is not
+    forwarded to IAS. When a refresh fails, the keys we had go on serving.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        policy: http.HttpPolicy,
+        client_id: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self._session = session
+        self._policy = policy
+        self._client_id = client_id
+        self._clock = clock
+        self._issuers: dict[str, _IssuerKeys] = {}
+        self._lock = threading.Lock()
+
+    def key(self, issuer: str, kid: str, claims: Mapping[str, Any]) -> Key | None:
+        """The key ``kid`` of ``issuer`` (an origin that passed the trust check), or None."""
+        state = self._state(issuer)
+        now = self._clock()
+        key = state.keys.get(kid)
+        fresh = now - state.fetched_at < JWKS_TTL_SECONDS
+        if key is not None and fresh:
+            return key
+        with state.lock:
+            now = self._clock()
+            key = state.keys.get(kid)
+            stale = now - state.fetched_at >= JWKS_TTL_SECONDS
+            if key is not None and not stale:
+                return key
+            # A stale set is always refreshed; an unknown kid in a fresh set refreshes it at
+            # most once per interval, so made-up kids cannot make us hammer IAS.
+            if stale or now - state.last_refetch >= JWKS_REFETCH_INTERVAL_SECONDS:
+                if not stale:
+                    state.last_refetch = now
+                try:
+                    state.keys = self._fetch(issuer, claims)
+                    state.fetched_at = now
+                except Exception:
+                    if not state.keys:
+                        raise
+                    # Serve the known keys and try again after one interval, not on every
+                    # request while IAS is down.
+                    state.fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
+                    logger.warning("JWKS refresh of %s failed; keeping the known keys", issuer)
+            return state.keys.get(kid)
+
+    def _state(self, issuer: str) -> _IssuerKeys:
+        state = self._issuers.get(issuer)
+        if state is None:
+            with self._lock:
+                state = self._issuers.get(issuer)
+                if state is None:
+                    if len(self._issuers) >= _MAX_ISSUERS:
+                        self._issuers.pop(next(iter(self._issuers)))
+                    state = self._issuers[issuer] = _IssuerKeys()
+        return state
+
+    def _fetch(self, issuer: str, claims: Mapping[str, Any]) -> dict[str, Key]:
+        # IAS answers the JWKS per client and tenant: it wants to know who asks.
+        headers = {"x-client_id": self._client_id}
+        for header, claim in (("x-app_tid", "app_tid"), ("x-azp", "azp")):
+            value = claims.get(claim)
+            if isinstance(value, str) and _KID.fullmatch(value):
+                headers[header] = value
+        discovery = http.call(
+            self._session,
+            "GET",
+            f"{issuer}/.well-known/openid-configuration",
+            policy=self._policy,
+            what="discovery",
+            headers=headers,
+        )
+        document = discovery.json() if discovery.status == 200 else None
+        jwks_uri = document.get("jwks_uri") if isinstance(document, dict) else None
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(issuer + "/"):
+            # The keys must come from the issuer we trust, nowhere else.
+            raise IASRefused(
+                "The identity service's discovery document is unusable", reason="discovery_bad"
+            )
+        answer = http.call(
+            self._session, "GET", jwks_uri, policy=self._policy, what="jwks", headers=headers
+        )
+        document = answer.json() if answer.status == 200 else None
+        if answer.status == 400:
+            # IAS says this client may not see the tenant's keys: the token is not for us.
+            raise InvalidToken("The token is not meant for this application", reason="jwks_400")
+        entries = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            raise IASRefused("The identity service's JWKS is unusable", reason="jwks_bad")
+        keys: dict[str, Key] = {}
+        for entry in entries:
+            if (
+                isinstance(entry, dict)
+                and entry.get("kty") == "RSA"
+                and entry.get("use", "sig") == "sig"
+                and entry.get("alg", ALGORITHM) == ALGORITHM
+                and isinstance(entry.get("kid"), str)
+            ):
+                try:
+                    keys[entry["kid"]] = jwk.construct(entry, ALGORITHM)
+                except (JOSEError, ValueError, TypeError):
+                    logger.warning("JWKS of %s holds an unusable key; skipped", issuer)
+        if not keys:
+            raise IASRefused("The identity service's JWKS has no usable key", reason="jwks_empty")
+        logger.info("Fetched %d signing keys of %s", len(keys), issuer)
+        return keys
+
+
+class TokenVerifier:
+    """Verifies IAS tokens: issuer, times, audience, then the RS256 signature."""
+
+    def __init__(
+        self,
+        keys: JWKSCache,
+        *,
+        domains: Collection[str],
+        leeway: float,
+        clock: Callable[[], float],
+    ) -> None:
+        if RSAKey.__module__ != "jose.backends.cryptography_backend":
+            # python-jose's pure-Python RSA fallback has had timing side channels.
+            raise RuntimeError("python-jose must use the cryptography backend")
+        self._keys = keys
+        self._domains = tuple(domain.lower() for domain in domains)
+        self._leeway = leeway
+        self._clock = clock
+
+    def verify(
+        self, token: str, *, audience: Collection[str], issuer: str | None = None
+    ) -> VerifiedToken:
+        """Verify ``token`` and return its claims.
+
+        ``audience``: ``aud`` must hold at least one of these. ``issuer``: when given,
+        the token must come from exactly this origin (for the exchanged token).
+        Raises :class:`~flask_ias_pkce.errors.InvalidToken` for any failed check.
+        """
+        header_segment, payload_segment, _ = token.split(".")
+        header = _json_object(header_segment)
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("The token's algorithm is not allowed", reason="alg_not_allowed")
+        if _REFUSED_HEADERS & header.keys():
+            raise InvalidToken("The token has critical extensions", reason="crit_header")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+            raise InvalidToken("The token's key id is missing or malformed", reason="kid_bad")
+        claims = _json_object(payload_segment)
+        origin = issuer_origin(claims.get("ias_iss", claims.get("iss")), self._domains)
+        if issuer is not None and origin != issuer:
+            raise InvalidToken("The token's issuer is not trusted", reason="issuer_mismatch")
+        expires = check_times(claims, now=self._clock(), leeway=self._leeway)
+        if not audiences(claims) & set(audience):
+            raise InvalidToken("The token is not meant for this application", reason="audience")
+        key = self._keys.key(origin, kid, claims)
+        if key is None:
+            raise InvalidToken("The token's signing key is unknown", reason="kid_unknown")
+        try:
+            jws.verify(token, key, algorithms=[ALGORITHM])
+        except JOSEError:
+            raise InvalidToken("The token's signature is invalid", reason="signature") from None
+        return VerifiedToken(claims, origin, expires)

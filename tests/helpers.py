@@ -1,0 +1,78 @@
+"""Helpers for the tests: an app wired to the IAS emulator, a clock tests move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+
+from flask_ias_pkce import IASPKCE, current_token
+from flask_ias_pkce.testing import IASEmulator
+
+
+class FakeClock:
+    """Seconds since the epoch that move only when a test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def emulator_config(ias: IASEmulator, **overrides: Any) -> dict[str, Any]:
+    """``app.config`` that points the extension at ``ias`` explicitly (no VCAP_SERVICES)."""
+    binding = ias.binding
+    config: dict[str, Any] = {
+        "IAS_PKCE_IAS_URL": binding["url"],
+        "IAS_PKCE_CLIENT_ID": binding["clientid"],
+        "IAS_PKCE_DOMAINS": binding["domains"],
+        "IAS_PKCE_APP_TID": binding["app_tid"],
+        "IAS_PKCE_XSUAA_CLIENT_ID": ias.xsuaa_client_id,
+        "IAS_PKCE_ACCEPTED_AUDIENCES": [ias.public_client_id],
+        "IAS_PKCE_VERIFY": ias.ca_file,
+        # Faults answer fast in tests; the defaults are for production.
+        "IAS_PKCE_TIMEOUT": (2.0, 2.0),
+    }
+    if "clientsecret" in binding:
+        config["IAS_PKCE_CLIENT_SECRET"] = binding["clientsecret"]
+    else:
+        config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
+        config["IAS_PKCE_KEY"] = binding["key"]
+    config.update(overrides)
+    return config
+
+
+def build_app(
+    ias: IASEmulator, *, clock: Callable[[], float] | None = None, **config: Any
+) -> Flask:
+    """A small host app: ``/api/me`` protected, ``/health`` exempt."""
+    app = Flask("host_app")
+    app.config.update(emulator_config(ias, **config))
+    extension = IASPKCE(**({"clock": clock} if clock else {}))
+
+    @app.get("/api/me")
+    def me() -> dict[str, Any]:
+        return {
+            "sub": current_token.claims["sub"],
+            "aud": current_token.claims["aud"],
+            "from_cache": current_token.from_cache,
+            "passthrough": current_token.passthrough,
+        }
+
+    @app.get("/health")
+    @extension.exempt
+    def health() -> str:
+        return "ok"
+
+    extension.init_app(app)
+    app.extensions["test_extension"] = extension
+    return app
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
