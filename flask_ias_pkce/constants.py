@@ -52,6 +52,9 @@ USE_TOKEN_CHOICES: Final = ("id_token", "access_token")
 JWKS_TTL_SECONDS: Final = 15 * 60
 #: An unknown ``kid`` triggers a new JWKS fetch at most this often per issuer.
 JWKS_REFETCH_INTERVAL_SECONDS: Final = 30.0
+#: While an issuer has never served keys, a failed fetch is answered again for this long
+#: instead of calling IAS for every request.
+JWKS_FAILURE_BACKOFF_SECONDS: Final = 5.0
 #: Exchanges retried on these statuses (and on connection errors).
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: Backoff between retries: base * 2**attempt, capped, with jitter.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
@@ -80,13 +81,21 @@ class _ClientCertificateAdapter(HTTPAdapter):
             # Never reached through our settings (they refuse False); kept as a hard stop.
             raise ValueError("TLS verification of IAS cannot be turned off")
         bundle = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
-        if os.path.isdir(bundle):
-            context = ssl.create_default_context(capath=bundle)
-        else:
-            context = ssl.create_default_context(cafile=bundle)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self._certificate and self._key:
-            _load_identity(context, self._certificate, self._key)
+        try:
+            if os.path.isdir(bundle):
+                context = ssl.create_default_context(capath=bundle)
+            else:
+                context = ssl.create_default_context(cafile=bundle)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self._certificate and self._key:
+                _load_identity(context, self._certificate, self._key)
+        except OSError as error:  # ssl.SSLError included
+            # A CA bundle removed or damaged after start-up (it is read at the first call,
+            # not at init_app) is a TLS failure like any other: a 503 for the user, not a
+            # 500. Nothing is cached, so the next call tries the file again.
+            raise requests.exceptions.SSLError(
+                f"TLS set-up failed: {type(error).__name__}"
+            ) from None
         return context
 
 
@@ -200,7 +209,7 @@ def call(
             logger.warning("%s: connect timeout (attempt %d)", what, attempt + 1)
             continue
         except requests.exceptions.ReadTimeout:
-            logger.warning("%s: no answer within the read timeout", what)
+            logger.warning("%s: IAS did not answer within the timeout", what)
             raise IASTimeout(
                 "The identity service did not answer in time", reason=f"{what}_timeout"
             ) from None
@@ -243,6 +252,11 @@ def call(
 def _send(
     session: requests.Session, method: str, url: str, policy: HttpPolicy, **kwargs: Any
 ) -> Answer:
+    # The read timeout bounds each wait for bytes, not the whole answer: an IAS (or a
+    # proxy) that trickles its body a byte at a time would hold the request for as long as
+    # it likes. The body is therefore read against one deadline per attempt, which keeps
+    # HttpPolicy.worst_case_seconds() true.
+    deadline = time.monotonic() + sum(policy.timeout)
     with session.request(
         method,
         url,
@@ -252,11 +266,30 @@ def _send(
         stream=True,
         **kwargs,
     ) as response:
-        body = bytearray()
-        for chunk in response.iter_content(chunk_size=16384):
+        return Answer(response.status_code, response.headers, _read_body(response, deadline))
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    body = bytearray()
+    try:
+        # read1: at most one read of the socket per chunk, so the deadline is checked as
+        # the bytes come (iter_content would block until a whole chunk has arrived).
+        while chunk := response.raw.read1(16384, decode_content=True):
             body += chunk
             if len(body) > MAX_ANSWER_BYTES:
                 raise IASRefused(
                     "The identity service sent an oversized answer", reason="oversized_answer"
                 )
-        return Answer(response.status_code, response.headers, bytes(body))
+            if time.monotonic() > deadline:
+                raise requests.exceptions.ReadTimeout("the answer took too long")
+    # urllib3's errors as requests would raise them (iter_content maps them the same way,
+    # but a read timeout is a timeout here, not a connection error).
+    except urllib3.exceptions.ReadTimeoutError:
+        raise requests.exceptions.ReadTimeout("no answer within the read timeout") from None
+    except urllib3.exceptions.SSLError:
+        raise requests.exceptions.SSLError("TLS failed while reading the answer") from None
+    except urllib3.exceptions.ProtocolError:
+        raise requests.exceptions.ChunkedEncodingError("the answer was cut off") from None
+    except urllib3.exceptions.DecodeError:
+        raise requests.exceptions.ContentDecodingError("the answer cannot be decoded") from None
+    return bytes(body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import logging
 import re
@@ -26,8 +27,13 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
 from . import http
-from .constants import ALGORITHM, JWKS_REFETCH_INTERVAL_SECONDS, JWKS_TTL_SECONDS
-from .errors import IASRefused, InvalidToken
+from .constants import (
+    ALGORITHM,
+    JWKS_FAILURE_BACKOFF_SECONDS,
+    JWKS_REFETCH_INTERVAL_SECONDS,
+    JWKS_TTL_SECONDS,
+)
+from .errors import IASPKCEError, IASRefused, InvalidToken
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -142,12 +148,13 @@ class VerifiedToken:
 
 
 class _IssuerKeys:
-    __slots__ = ("fetched_at", "keys", "last_refetch", "lock")
+    __slots__ = ("failure", "fetched_at", "keys", "last_refetch", "lock")
 
     def __init__(self) -> None:
         self.keys: dict[str, Key] = {}
         self.fetched_at = float("-inf")
         self.last_refetch = float("-inf")
+        self.failure: tuple[float, IASPKCEError] | None = None
         self.lock = threading.Lock()
 
 
@@ -195,9 +202,24 @@ class JWKSCache:
             if stale or now - state.last_refetch >= JWKS_REFETCH_INTERVAL_SECONDS:
                 if not stale:
                     state.last_refetch = now
+                if not state.keys and state.failure is not None:
+                    failed_at, error = state.failure
+                    if now - failed_at < JWKS_FAILURE_BACKOFF_SECONDS:
+                        # IAS has never given us keys and failed a moment ago: answer with
+                        # that failure instead of calling it again for every request.
+                        raise copy.copy(error)
                 try:
                     state.keys = self._fetch(issuer, claims)
                     state.fetched_at = now
+                    state.failure = None
+                except IASPKCEError as error:
+                    if not state.keys:
+                        state.failure = (now, error)
+                        raise
+                    # Serve the known keys and try again after one interval, not on every
+                    # request while IAS is down.
+                    state.fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
+                    logger.warning("JWKS refresh of %s failed; keeping the known keys", issuer)
                 except Exception:
                     if not state.keys:
                         raise

@@ -1,0 +1,667 @@
+"""A failing IAS, as a user of the app sees it: every fault gets its answer from DESIGN.md's
+error table, no request waits longer than the timeouts and retries allow, and once IAS
+recovers the same app serves again without a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jose import jwt
+from werkzeug.test import TestResponse
+
+from flask_ias_pkce.constants import EXTENSION_NAME, RETRY_AFTER_SECONDS
+from flask_ias_pkce.http import HttpPolicy
+from flask_ias_pkce.testing import IASEmulator, _pki
+
+from helpers import FakeClock, bearer, build_app
+
+
+@pytest.fixture(autouse=True)
+def _no_key_fetch_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests break IAS and mend it within a second; the backoff after a failed first
+    # key fetch (tested in test_key_fetch_failure_is_not_repeated_within_the_backoff)
+    # would hide the recovery they check.
+    monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 0.0)
+
+
+TOKEN_PATH = "/oauth2/token"
+JWKS_PATH = "/oauth2/certs"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+#: Scheduling and the in-process work around the calls to IAS; not a performance budget.
+SLACK_SECONDS = 1.0
+#: Short timeouts for the tests that wait for one to pass.
+SHORT_TIMEOUT = (1.0, 0.5)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def worst_case(app: Flask) -> float:
+    """The longest one call to IAS may take with this app's timeouts and retries."""
+    settings = app.extensions[EXTENSION_NAME].settings
+    return HttpPolicy(timeout=settings.timeout, retries=settings.retries).worst_case_seconds()
+
+
+def timed_get(app: Flask, client: FlaskClient, token: str) -> TestResponse:
+    """``GET /api/me`` with ``token``; fails if it took longer than the timeouts allow."""
+    started = time.monotonic()
+    answer = client.get("/api/me", headers=bearer(token))
+    elapsed = time.monotonic() - started
+    bound = worst_case(app)
+    assert elapsed <= bound + SLACK_SECONDS, f"waited {elapsed:.2f}s, bound {bound:.2f}s"
+    return answer
+
+
+def assert_gateway_error(answer: TestResponse, status: int, error: str) -> None:
+    """A 5xx of the error table: JSON body, no challenge, ``Retry-After`` on 503."""
+    assert answer.status_code == status
+    assert answer.json is not None
+    assert answer.json["error"] == error
+    assert isinstance(answer.json["error_description"], str)
+    assert "WWW-Authenticate" not in answer.headers
+    if status == 503:
+        assert answer.headers["Retry-After"].isdigit()
+    else:
+        assert "Retry-After" not in answer.headers
+
+
+def assert_invalid_token(answer: TestResponse) -> None:
+    assert answer.status_code == 401
+    assert answer.json is not None
+    assert answer.json["error"] == "invalid_token"
+    assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+
+
+def exchanged_claims(ias: IASEmulator, public_token: str, **changes: Any) -> dict[str, Any]:
+    """Claims as IAS would put them in the exchanged token of ``public_token``."""
+    claims: dict[str, Any] = jwt.get_unverified_claims(public_token)
+    claims.update({"aud": [ias.client_id, ias.xsuaa_client_id], "azp": ias.client_id})
+    claims.update(changes)
+    return claims
+
+
+class _Relay:
+    """A TCP relay on a fixed local port in front of the emulator.
+
+    ``close()`` makes the port refuse connections and cuts the open ones, ``open()`` serves
+    on the same port again; with ``hang`` set it accepts connections and never answers.
+    Tokens whose ``ias_iss`` names the relay are verified and exchanged through it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self.hang = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+
+    @property
+    def origin(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.05)
+        self._listener, self._stop = listener, threading.Event()
+        threading.Thread(target=self._accept, args=(listener, self._stop), daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self.cut_connections()
+
+    def cut_connections(self) -> None:
+        with self._lock:
+            open_sockets, self._sockets = self._sockets, []
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            with self._lock:
+                self._sockets.append(client)
+            if self.hang:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            with self._lock:
+                self._sockets.append(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def relay(ias_emulator: IASEmulator) -> Iterator[_Relay]:
+    relay = _Relay(int(ias_emulator.url.rsplit(":", 1)[1]))
+    relay.open()
+    # The relay's origin is the issuer we trust; its keys are the emulator's, fetched through it.
+    ias_emulator.inject(DISCOVERY_PATH, body={"jwks_uri": relay.origin + JWKS_PATH})
+    yield relay
+    relay.close()
+
+
+def relayed_token(ias: IASEmulator, relay: _Relay) -> str:
+    return ias.issue_public_token(ias_iss=relay.origin)
+
+
+# -- IAS cannot be reached ----------------------------------------------------------------
+
+
+def test_refused_connection_answers_503_and_recovers_when_ias_is_back(
+    ias_emulator: IASEmulator, relay: _Relay
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    assert timed_get(app, client, relayed_token(ias_emulator, relay)).status_code == 200
+
+    relay.close()
+    token = relayed_token(ias_emulator, relay)
+    answer = timed_get(app, client, token)
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert answer.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert len(ias_emulator.exchanges) == 1
+
+    relay.open()
+    recovered = timed_get(app, client, token)
+    assert recovered.status_code == 200
+    assert recovered.json is not None
+    assert recovered.json["from_cache"] is False
+
+
+def test_ias_gone_before_the_keys_were_fetched_answers_503(
+    ias_emulator: IASEmulator, tmp_path: Path
+) -> None:
+    # The emulator removes its CA file when it stops; the app keeps trusting a copy.
+    ca_file = shutil.copy(ias_emulator.ca_file, tmp_path / "ca.pem")
+    app = build_app(ias_emulator, IAS_PKCE_VERIFY=str(ca_file), IAS_PKCE_RETRIES=1)
+    token = ias_emulator.issue_public_token()
+    ias_emulator.stop()
+
+    answer = timed_get(app, app.test_client(), token)
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+
+
+def test_ca_bundle_removed_after_start_answers_503_until_it_is_back(
+    ias_emulator: IASEmulator, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    shutil.copy(ias_emulator.ca_file, ca_file)
+    app = build_app(ias_emulator, IAS_PKCE_VERIFY=str(ca_file), IAS_PKCE_RETRIES=1)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ca_file.unlink()
+
+    assert_gateway_error(timed_get(app, client, token), 503, "temporarily_unavailable")
+    assert ias_emulator.calls == []
+
+    shutil.copy(ias_emulator.ca_file, ca_file)
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_untrusted_certificate_of_ias_answers_503_without_retries(
+    ias_emulator: IASEmulator,
+) -> None:
+    with IASEmulator() as other:
+        app = build_app(ias_emulator, IAS_PKCE_VERIFY=other.ca_file, IAS_PKCE_RETRIES=2)
+        answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    # A certificate does not mend between attempts: one handshake, nothing sent.
+    assert ias_emulator.connections == 1
+    assert ias_emulator.calls == []
+
+
+# -- IAS is slow --------------------------------------------------------------------------
+
+
+def test_ias_that_accepts_and_never_answers_gets_504(
+    ias_emulator: IASEmulator, relay: _Relay
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=SHORT_TIMEOUT, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    assert timed_get(app, client, relayed_token(ias_emulator, relay)).status_code == 200
+
+    relay.hang = True
+    relay.cut_connections()
+    answer = timed_get(app, client, relayed_token(ias_emulator, relay))
+
+    assert_gateway_error(answer, 504, "gateway_timeout")
+
+    relay.hang = False
+    assert timed_get(app, client, relayed_token(ias_emulator, relay)).status_code == 200
+
+
+def test_exchange_slower_than_read_timeout_gets_504_then_recovers(
+    ias_emulator: IASEmulator,
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=SHORT_TIMEOUT, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(TOKEN_PATH, delay=SHORT_TIMEOUT[1] + 0.5)
+
+    answer = timed_get(app, client, token)
+
+    assert_gateway_error(answer, 504, "gateway_timeout")
+    # A read timeout is not retried: IAS has the request, and the user has waited enough.
+    assert len(ias_emulator.exchanges) <= 1
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_keys_slower_than_read_timeout_get_504(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=SHORT_TIMEOUT, IAS_PKCE_RETRIES=2)
+    ias_emulator.inject(JWKS_PATH, delay=SHORT_TIMEOUT[1] + 0.5)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 504, "gateway_timeout")
+    assert ias_emulator.exchanges == []
+
+
+class _TricklingIAS:
+    """An HTTPS server that serves the emulator's keys at once but sends the answer of
+    ``/oauth2/token`` a byte at a time, each byte well within the read timeout."""
+
+    def __init__(self, ias: IASEmulator, folder: Path, byte_interval: float) -> None:
+        ca = _pki.make_ca("Trickle CA")
+        server_identity = _pki.issue(ca, "localhost", server=True)
+        self.ca_file = folder / "trickle-ca.pem"
+        self.ca_file.write_text(ca.certificate_pem)
+        (folder / "server.pem").write_text(server_identity.certificate_pem)
+        (folder / "server-key.pem").write_text(server_identity.key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(folder / "server.pem", folder / "server-key.pem")
+        jwks = json.dumps(ias.jwks).encode()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silent."""
+
+            def do_GET(self) -> None:
+                discovery = json.dumps({"jwks_uri": outer.origin + JWKS_PATH}).encode()
+                self._answer(jwks if self.path == JWKS_PATH else discovery, trickle=False)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._answer(json.dumps({"id_token": "a.b.c", "pad": "x" * 40}).encode(), True)
+
+            def _answer(self, body: bytes, trickle: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    for index in range(len(body) if trickle else 1):
+                        self.wfile.write(body[index : index + 1] if trickle else body)
+                        if trickle:
+                            time.sleep(byte_interval)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.origin = f"https://localhost:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_answer_trickling_past_the_timeouts_gets_504(
+    ias_emulator: IASEmulator, tmp_path: Path
+) -> None:
+    read_timeout = SHORT_TIMEOUT[1]
+    trickling = _TricklingIAS(ias_emulator, tmp_path, byte_interval=read_timeout / 4)
+    try:
+        app = build_app(
+            ias_emulator,
+            IAS_PKCE_VERIFY=str(trickling.ca_file),
+            IAS_PKCE_TIMEOUT=SHORT_TIMEOUT,
+            IAS_PKCE_RETRIES=2,
+        )
+        token = ias_emulator.issue_public_token(ias_iss=trickling.origin)
+
+        # Each byte comes within the read timeout, the whole answer far beyond it.
+        answer = timed_get(app, app.test_client(), token)
+    finally:
+        trickling.close()
+
+    assert_gateway_error(answer, 504, "gateway_timeout")
+
+
+# -- IAS fails for a while ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retries"), [(500, 2), (502, 1), (503, 0), (503, 2), (504, 1), (408, 1), (429, 2)]
+)
+def test_transient_failure_is_retried_then_answers_503(
+    ias_emulator: IASEmulator, status: int, retries: int
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=retries)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(TOKEN_PATH, status=status, body={"error": "x"}, times=retries + 1)
+
+    answer = timed_get(app, client, token)
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert answer.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert len(ias_emulator.exchanges) == retries + 1
+    # Not held against the token: once IAS is well, the same token is served.
+    assert timed_get(app, client, token).status_code == 200
+    assert len(ias_emulator.exchanges) == retries + 2
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_one_transient_failure_is_invisible_to_the_user(
+    ias_emulator: IASEmulator, status: int
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    ias_emulator.inject(TOKEN_PATH, status=status, headers={"Retry-After": "1"})
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert answer.status_code == 200
+    assert [call.status for call in ias_emulator.exchanges] == [status, 200]
+
+
+def test_short_retry_after_of_ias_is_passed_on(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    ias_emulator.inject(TOKEN_PATH, status=503, headers={"Retry-After": "1"}, times=3)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert answer.headers["Retry-After"] == "1"
+    assert len(ias_emulator.exchanges) == 3
+
+
+def test_long_retry_after_of_ias_stops_the_retries(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    ias_emulator.inject(TOKEN_PATH, status=429, headers={"Retry-After": "120"}, times=3)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert answer.headers["Retry-After"] == "120"
+    assert len(ias_emulator.exchanges) == 1
+
+
+def test_dropped_connection_is_retried(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    ias_emulator.inject(TOKEN_PATH, drop=True)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert answer.status_code == 200
+    assert [call.status for call in ias_emulator.exchanges] == [None, 200]
+
+
+def test_connection_dropped_on_every_attempt_answers_503(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=1)
+    ias_emulator.inject(TOKEN_PATH, drop=True, times=2)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert len(ias_emulator.exchanges) == 2
+
+
+# -- IAS refuses --------------------------------------------------------------------------
+
+
+def test_invalid_grant_is_401_and_a_replay_is_refused_without_asking_ias(
+    ias_emulator: IASEmulator,
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(
+        TOKEN_PATH, status=400, body={"error": "invalid_grant", "error_description": "revoked"}
+    )
+
+    assert_invalid_token(timed_get(app, client, token))
+    assert len(ias_emulator.exchanges) == 1
+
+    for _ in range(3):
+        assert_invalid_token(timed_get(app, client, token))
+    assert len(ias_emulator.exchanges) == 1
+    # The refusal is this token's alone.
+    assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
+
+
+def test_injected_invalid_client_is_502_and_not_held_against_the_token(
+    ias_emulator: IASEmulator,
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(TOKEN_PATH, status=401, body={"error": "invalid_client"})
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert len(ias_emulator.exchanges) == 1
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_wrong_client_secret_is_502() -> None:
+    with IASEmulator(credential_type="SECRET") as ias:
+        app = build_app(ias, IAS_PKCE_CLIENT_SECRET="not-the-secret", IAS_PKCE_RETRIES=2)
+
+        answer = timed_get(app, app.test_client(), ias.issue_public_token())
+
+        assert_gateway_error(answer, 502, "bad_gateway")
+        assert [call.status for call in ias.exchanges] == [401]
+
+
+def test_foreign_client_certificate_is_refused_by_ias(ias_emulator: IASEmulator) -> None:
+    certificate, key = ias_emulator.make_foreign_client_certificate()
+    app = build_app(ias_emulator, IAS_PKCE_CERTIFICATE=certificate, IAS_PKCE_KEY=key)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    # IAS either fails the handshake (503) or refuses the client (502); never a 401 or 200.
+    assert answer.status_code in (502, 503)
+    assert "WWW-Authenticate" not in answer.headers
+
+
+# -- IAS answers something we cannot use ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("<html>Service Unavailable</html>", id="html"),
+        pytest.param("{not json", id="broken json"),
+        pytest.param("", id="empty"),
+        pytest.param({"token_type": "Bearer", "expires_in": 3600}, id="no token"),
+        pytest.param({"access_token": "opaque", "expires_in": 3600}, id="only opaque token"),
+        pytest.param({"id_token": "not-a-jwt"}, id="id token not a jwt"),
+        pytest.param({"id_token": 42}, id="id token a number"),
+        pytest.param('["id_token"]', id="json array"),
+    ],
+)
+def test_unusable_exchange_answer_is_502(ias_emulator: IASEmulator, body: Any) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(TOKEN_PATH, status=200, body=body)
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert len(ias_emulator.exchanges) == 1
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_oversized_exchange_answer_is_502(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    ias_emulator.inject(TOKEN_PATH, status=200, body={"id_token": "a" * 300_000})
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+
+
+def test_exchanged_token_without_xsuaa_audience_is_502(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    claims = exchanged_claims(ias_emulator, token, aud=[ias_emulator.client_id])
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": ias_emulator.sign(claims)})
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_exchanged_token_signed_by_a_foreign_key_is_502(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    token = ias_emulator.issue_public_token()
+    forged = ias_emulator.foreign_key_token(**exchanged_claims(ias_emulator, token))
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": forged})
+
+    answer = timed_get(app, app.test_client(), token)
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+
+
+def test_exchanged_token_with_an_unknown_kid_is_502(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    token = ias_emulator.issue_public_token()
+    unknown = ias_emulator.sign(
+        exchanged_claims(ias_emulator, token), headers={"kid": "no-such-key"}
+    )
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": unknown})
+
+    answer = timed_get(app, app.test_client(), token)
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+
+
+def test_exchanged_token_of_another_issuer_is_502(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    token = ias_emulator.issue_public_token()
+    claims = exchanged_claims(ias_emulator, token, iss="https://other.localhost")
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": ias_emulator.sign(claims)})
+
+    answer = timed_get(app, app.test_client(), token)
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+
+
+# -- the keys cannot be had ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [DISCOVERY_PATH, JWKS_PATH])
+@pytest.mark.parametrize("status", [500, 503])
+def test_failing_key_endpoints_answer_503_then_recover(
+    ias_emulator: IASEmulator, path: str, status: int
+) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_RETRIES=1)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(path, status=status, times=2)
+
+    answer = timed_get(app, client, token)
+
+    assert_gateway_error(answer, 503, "temporarily_unavailable")
+    assert len([call for call in ias_emulator.calls if call.path == path]) == 2
+    assert ias_emulator.exchanges == []
+    assert timed_get(app, client, token).status_code == 200
+
+
+@pytest.mark.parametrize("path", [DISCOVERY_PATH, JWKS_PATH])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("garbage", id="not json"),
+        pytest.param({"keys": "none"}, id="keys not a list"),
+        pytest.param({"keys": [{"kty": "RSA", "kid": "k", "n": "AQ"}]}, id="unusable key"),
+        pytest.param({"jwks_uri": "https://evil.example/keys"}, id="keys elsewhere"),
+    ],
+)
+def test_garbage_from_key_endpoints_is_502_then_recovers(
+    ias_emulator: IASEmulator, path: str, body: Any
+) -> None:
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    ias_emulator.inject(path, status=200, body=body)
+
+    answer = timed_get(app, client, token)
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+    assert ias_emulator.exchanges == []
+    assert timed_get(app, client, token).status_code == 200
+
+
+def test_keys_kept_when_a_refresh_fails(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
+    ias_emulator.inject(JWKS_PATH, status=500, times=10)
+
+    # An unknown kid asks for the keys again; their failure must not cost the known ones.
+    unknown = ias_emulator.sign(
+        jwt.get_unverified_claims(ias_emulator.issue_public_token()), headers={"kid": "new"}
+    )
+    assert_invalid_token(timed_get(app, client, unknown))
+    assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
+
+
+def test_key_fetch_failure_is_not_repeated_within_the_backoff(
+    ias_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 5.0)
+    clock = FakeClock(time.time())
+    app = build_app(ias_emulator, clock=clock, IAS_PKCE_RETRIES=0)
+    client = app.test_client()
+    ias_emulator.inject("/.well-known/openid-configuration", status=503)
+
+    first = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+    again = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+    calls_while_failing = len(ias_emulator.calls)
+    clock.advance(5)
+    later = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+
+    assert (first.status_code, again.status_code, later.status_code) == (503, 503, 200)
+    assert calls_while_failing == 1  # the second request did not call IAS
