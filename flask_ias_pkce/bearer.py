@@ -41,17 +41,18 @@ def parse_bearer(authorization: str | None, *, max_bytes: int, token_in_query: b
     if scheme.lower() != "bearer":
         raise MissingToken("Bearer token required", reason="other_scheme")
     value = value.strip(" ")
-    if not value:
-        raise InvalidRequest("The Bearer token is empty", reason="empty_token")
-    if token_in_query:
+    if token_in_query and value:
         raise InvalidRequest(
             "Send the token in one place only (RFC 6750 section 2)", reason="several_tokens"
         )
+    # The usual case first: one pass of one pattern. A compact JWS is also a b64token.
+    if _COMPACT_JWS.fullmatch(value):
+        return value
+    if not value:
+        raise InvalidRequest("The Bearer token is empty", reason="empty_token")
     if not _B64TOKEN.fullmatch(value):
         raise InvalidRequest(
             "The Bearer credentials are malformed (RFC 6750 b64token)",
             reason="malformed_token",
         )
-    if not _COMPACT_JWS.fullmatch(value):
-        raise InvalidToken("The token is not a signed JWT", reason="not_a_jws")
-    return value
+    raise InvalidToken("The token is not a signed JWT", reason="not_a_jws")

@@ -13,21 +13,24 @@ import copy
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from flask_caching.backends.base import BaseCache
 
 from .redis_cache import SafeRedisCache
 from .sealing import Sealer
+from .verify import unverified_claims
 
 logger = logging.getLogger("flask_ias_pkce")
 
 _FORMAT = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Entry:
     """What we remember about one public token.
 
@@ -39,6 +42,12 @@ class Entry:
     not_after: float
     denied: bool = False
     passthrough: bool = False
+
+    @cached_property
+    def claims(self) -> Mapping[str, Any]:
+        """The claims of :attr:`token`, decoded once per entry (it was verified before it
+        was stored) and read-only, since every request that hits this entry shares them."""
+        return MappingProxyType(unverified_claims(self.token))
 
     def to_bytes(self) -> bytes:
         return json.dumps(

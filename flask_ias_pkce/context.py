@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import cached_property
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from flask import g
@@ -11,6 +10,9 @@ from werkzeug.local import LocalProxy
 
 from .constants import G_ATTRIBUTE
 from .verify import unverified_claims
+
+if TYPE_CHECKING:
+    from .cache import Entry
 
 
 class TokenContext:
@@ -24,27 +26,29 @@ class TokenContext:
     ``repr()`` never shows a token.
     """
 
+    __slots__ = ("_entry", "_public_token", "_xsuaa", "from_cache", "passthrough", "token")
+
     def __init__(
         self,
+        entry: Entry,
         *,
-        token: str,
         public_token: str,
         from_cache: bool,
-        passthrough: bool = False,
         xsuaa: Callable[[TokenContext], str] | None = None,
     ) -> None:
-        self.token = token
+        self._entry = entry
+        self.token = entry.token
+        self.passthrough = entry.passthrough
         self._public_token = public_token
         self.from_cache = from_cache
-        self.passthrough = passthrough
         self._xsuaa = xsuaa
 
-    @cached_property
-    def claims(self) -> dict[str, Any]:
-        """The claims of :attr:`token` (verified when it was obtained)."""
-        return unverified_claims(self.token)
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """The claims of :attr:`token`, verified when it was obtained (read-only)."""
+        return self._entry.claims
 
-    @cached_property
+    @property
     def public_claims(self) -> dict[str, Any]:
         """The claims of the public token the client sent (verified before its exchange)."""
         return unverified_claims(self._public_token)

@@ -48,6 +48,12 @@ class IASPKCEError(HTTPException):
         self.reason = reason
         self.realm = realm
 
+    def __copy__(self) -> IASPKCEError:
+        # Waiters of a single-flight exchange each raise their own copy of its error.
+        clone = self.__class__.__new__(self.__class__)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
     def __str__(self) -> str:
         return f"{self.code} {self.error} ({self.reason}): {self.description}"
 

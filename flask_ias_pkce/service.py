@@ -27,12 +27,14 @@ class Authenticator:
         exchanger: ExchangeClient,
         cache: TokenCache,
         clock: Callable[[], float],
+        xsuaa: Callable[[TokenContext], str] | None = None,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
         self.exchanger = exchanger
         self.cache = cache
         self._clock = clock
+        self._xsuaa = xsuaa  # the second hop, when an xsuaa binding allows it
         self._audiences = settings.accepted_audiences
         self._xsuaa_audience = (settings.xsuaa_client_id,)
 
@@ -52,10 +54,7 @@ class Authenticator:
                 "The identity service does not accept this token", reason="ias_invalid_grant"
             )
         return TokenContext(
-            token=entry.token,
-            public_token=public_token,
-            from_cache=from_cache,
-            passthrough=entry.passthrough,
+            entry, public_token=public_token, from_cache=from_cache, xsuaa=self._xsuaa
         )
 
     def _obtain(self, key: str, public_token: str) -> Entry:
