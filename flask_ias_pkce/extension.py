@@ -3,6 +3,7 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from .exchange import ExchangeClient
 from .sealing import Sealer
 from .service import Authenticator
 from .verify import JWKSCache, TokenVerifier
+from .xsuaa import XsuaaHop, hop_possible
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -138,20 +140,36 @@ class IASPKCE:
             clock=self._clock,
             wait_timeout=policy.worst_case_seconds(),
         )
+        xsuaa_hop = (
+            XsuaaHop(
+                bindings.xsuaa,
+                policy=policy,
+                cache=token_cache,
+                leeway=settings.leeway,
+                clock=self._clock,
+                app_tid=bindings.identity.app_tid,
+            )
+            if bindings.xsuaa is not None and hop_possible(bindings.xsuaa)
+            else None
+        )
         authenticator = Authenticator(
             settings,
             verifier=verifier,
             exchanger=exchanger,
             cache=token_cache,
             clock=self._clock,
+            xsuaa=xsuaa_hop,
         )
-        app.extensions[EXTENSION_NAME] = _State(settings, authenticator, exchanger.session)
-        app.before_request(self._authenticate_request)
+        state = _State(settings, authenticator, exchanger.session)
+        app.extensions[EXTENSION_NAME] = state
+        # The hook is bound to this app's state: no lookup of the app on the hot path.
+        app.before_request(functools.partial(self._authenticate_request, state))
         logger.info(
-            "flask-ias-pkce ready: binding from %s, %s, cache %s",
+            "flask-ias-pkce ready: binding from %s, %s, cache %s, XSUAA hop %s",
             bindings.identity.source,
             "mTLS" if bindings.identity.uses_certificate else "client secret",
             type(backend).__name__,
+            "off" if xsuaa_hop is None else "mTLS" if xsuaa_hop.uses_certificate else "secret",
         )
 
     # -- policy -------------------------------------------------------------------------
@@ -188,12 +206,13 @@ class IASPKCE:
         else:
             raise TypeError("expected a view function or a Blueprint")
 
-    def _mode(self, app: Flask, state: _State) -> str:
+    def _mode(self, state: _State) -> str:
         endpoint = request.endpoint
         if endpoint is None or request.routing_exception is not None:
             return SKIP  # 404 and 405 answer without a challenge
         mode = state.modes.get(endpoint)
         if mode is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
             mode = state.modes[endpoint] = self._resolve(app, state, endpoint)
         return mode
 
@@ -213,15 +232,13 @@ class IASPKCE:
 
     # -- the hook -----------------------------------------------------------------------
 
-    def _authenticate_request(self) -> None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state: _State = app.extensions[EXTENSION_NAME]
+    def _authenticate_request(self, state: _State) -> None:
         settings = state.settings
         if not settings.enabled:
             return
         if request.method == "OPTIONS" and _is_preflight_or_automatic():
             return
-        mode = self._mode(app, state)
+        mode = self._mode(state)
         if mode == SKIP:
             return
         authorization = request.headers.get("Authorization")

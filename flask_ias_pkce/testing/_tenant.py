@@ -20,11 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from cryptography.hazmat.primitives import serialization
+
 from flask_ias_pkce.testing._jws import InvalidTokenError, SigningKey, b64url, verify
 from flask_ias_pkce.testing._server import Request, Response
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_PATH = "/oauth2/token"
+#: The XSUAA service lives under this path of the same server (the xsuaa binding's ``url``).
+XSUAA_PREFIX = "/xsuaa"
+XSUAA_TOKEN_PATH = XSUAA_PREFIX + "/oauth/token"
+XSUAA_KEYS_PATH = XSUAA_PREFIX + "/token_keys"
 
 _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
@@ -83,6 +89,24 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)
 
 
+def _form(request: Request, params: Params) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise _OAuthError("invalid_request", "the body must be form-encoded")
+    if any(len(values) > 1 for name, values in params.items() if name != "resource"):
+        raise _OAuthError("invalid_request", "a parameter is repeated")
+    return {name: values[0] for name, values in params.items()}
+
+
+def _error_response(request: Request, error: _OAuthError) -> Response:
+    payload = {"error": error.error, "error_description": error.description}
+    # RFC 6749 5.2: a client that tried Basic gets a Basic challenge back.
+    tried_basic = basic_credentials(request.headers.get("authorization")) is not None
+    challenge = {"WWW-Authenticate": 'Basic realm="ias-emulator"'}
+    headers = challenge if error.status == 401 and tried_basic else {}
+    return json_response(error.status, payload, headers)
+
+
 def _with_query(uri: str, params: Mapping[str, str]) -> str:
     split = urlsplit(uri)
     query = urlencode([*parse_qsl(split.query, keep_blank_values=True), *params.items()])
@@ -103,6 +127,8 @@ class Tenant:
         client_secret: str,
         public_client_id: str,
         xsuaa_client_id: str,
+        xsuaa_client_secret: str,
+        xsuaa_token_lifetime: int,
         app_tid: str,
         users: Mapping[str, Mapping[str, Any]],
     ) -> None:
@@ -115,6 +141,8 @@ class Tenant:
         self.client_secret = client_secret
         self.public_client_id = public_client_id
         self.xsuaa_client_id = xsuaa_client_id
+        self.xsuaa_client_secret = xsuaa_client_secret
+        self.xsuaa_token_lifetime = xsuaa_token_lifetime
         self.app_tid = app_tid
         self.users = {hint: dict(claims) for hint, claims in users.items()}
         self._lock = threading.Lock()
@@ -122,6 +150,8 @@ class Tenant:
         self._retired: dict[str, SigningKey] = {}
         self._foreign_key: SigningKey | None = None
         self._codes: dict[str, _Grant] = {}
+        # XSUAA signs with keys of its own; made at first use, as most tests never need one.
+        self._xsuaa_key: SigningKey | None = None
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -195,6 +225,8 @@ class Tenant:
             "/oauth2/certs": ("GET", lambda request, params: json_response(200, self.jwks())),
             "/oauth2/authorize": ("GET", self._authorize),
             TOKEN_PATH: ("POST", self._token),
+            XSUAA_TOKEN_PATH: ("POST", self._xsuaa_token),
+            XSUAA_KEYS_PATH: ("GET", lambda request, params: json_response(200, self.xsuaa_keys())),
         }
         if request.path not in routes:
             return json_response(404, {"error": "not_found", "error_description": "no endpoint"})
@@ -269,12 +301,7 @@ class Tenant:
 
     def _token(self, request: Request, params: Params) -> Response:
         try:
-            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type != "application/x-www-form-urlencoded":
-                raise _OAuthError("invalid_request", "the body must be form-encoded")
-            if any(len(values) > 1 for name, values in params.items() if name != "resource"):
-                raise _OAuthError("invalid_request", "a parameter is repeated")
-            form = {name: values[0] for name, values in params.items()}
+            form = _form(request, params)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise _OAuthError("invalid_request", "grant_type is missing")
@@ -284,12 +311,7 @@ class Tenant:
                 return json_response(200, self._jwt_bearer_grant(request, form))
             raise _OAuthError("unsupported_grant_type", f"grant_type {grant_type} not supported")
         except _OAuthError as error:
-            payload = {"error": error.error, "error_description": error.description}
-            # RFC 6749 5.2: a client that tried Basic gets a Basic challenge back.
-            tried_basic = basic_credentials(request.headers.get("authorization")) is not None
-            challenge = {"WWW-Authenticate": 'Basic realm="ias-emulator"'}
-            headers = challenge if error.status == 401 and tried_basic else {}
-            return json_response(error.status, payload, headers)
+            return _error_response(request, error)
 
     def _code_grant(self, form: dict[str, str]) -> dict[str, Any]:
         required = ("client_id", "code", "redirect_uri", "code_verifier")
@@ -385,3 +407,103 @@ class Tenant:
         if form.get("refresh_expiry") != "0":
             answer["refresh_token"] = secrets.token_urlsafe(32)
         return answer
+
+    # -- XSUAA ------------------------------------------------------------------------------
+
+    @property
+    def xsuaa_issuer(self) -> str:
+        """The ``iss`` of XSUAA tokens: XSUAA names its token endpoint."""
+        return self.issuer + XSUAA_TOKEN_PATH
+
+    @property
+    def xsappname(self) -> str:
+        """The XSUAA app name: the client id without its ``sb-`` prefix."""
+        return self.xsuaa_client_id.removeprefix("sb-")
+
+    def _xsuaa_signing_key(self) -> SigningKey:
+        with self._lock:
+            if self._xsuaa_key is None:
+                self._xsuaa_key = SigningKey.generate(f"xsuaa-{secrets.token_hex(6)}")
+            return self._xsuaa_key
+
+    def xsuaa_keys(self) -> dict[str, Any]:
+        """XSUAA's ``/token_keys``: a JWKS whose entries also carry the PEM ``value``."""
+        key = self._xsuaa_signing_key()
+        pem = (
+            key.private_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
+        return {"keys": [{**key.public_jwk(), "value": pem}]}
+
+    def _authenticate_xsuaa(self, request: Request, form: dict[str, str]) -> None:
+        # XSUAA takes the secret at its url and the certificate at its certurl; the
+        # emulator serves both on one port, so it accepts whichever the client presents.
+        basic = basic_credentials(request.headers.get("authorization"))
+        if basic is not None or "client_secret" in form:
+            client_id, secret = basic or (form.get("client_id", ""), form["client_secret"])
+            good_secret = hmac.compare_digest(secret.encode(), self.xsuaa_client_secret.encode())
+            if client_id != self.xsuaa_client_id or not good_secret:
+                raise _OAuthError("invalid_client", "client authentication failed", 401)
+        elif request.client_cn is None:
+            raise _OAuthError("invalid_client", "client authentication is required", 401)
+        elif request.client_cn != self.xsuaa_client_id:
+            raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
+        if form.get("client_id", self.xsuaa_client_id) != self.xsuaa_client_id:
+            raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
+
+    def _xsuaa_token(self, request: Request, params: Params) -> Response:
+        """XSUAA's jwt-bearer grant: an IAS token whose ``aud`` holds the XSUAA client id
+        in, an XSUAA access token out."""
+        try:
+            form = _form(request, params)
+            self._authenticate_xsuaa(request, form)
+            if form.get("grant_type") != JWT_BEARER:
+                raise _OAuthError("unsupported_grant_type", "only the jwt-bearer grant is served")
+            if not form.get("assertion"):
+                raise _OAuthError("invalid_request", "assertion is missing")
+            zone = request.headers.get("x-zid")
+            if zone is not None and zone != self.app_tid:
+                raise _OAuthError("invalid_request", "unknown identity zone (x-zid)")
+            ias = self._verify_assertion(form["assertion"])
+            audience = ias.get("aud")
+            audiences = [audience] if isinstance(audience, str) else audience
+            if not isinstance(audiences, list) or self.xsuaa_client_id not in audiences:
+                raise _OAuthError("invalid_grant", "assertion refused: not issued for this client")
+        except _OAuthError as error:
+            return _error_response(request, error)
+        now = int(self.clock())
+        user = str(ias.get("user_uuid") or ias.get("sub"))
+        scope = ["openid", f"{self.xsappname}.Read"]
+        claims: dict[str, Any] = {
+            "jti": uuid.uuid4().hex,
+            "ext_attr": {"enhancer": "XSUAA", "subaccountid": self.app_tid, "zdn": "emulator"},
+            "sub": user,
+            "scope": scope,
+            "client_id": self.xsuaa_client_id,
+            "cid": self.xsuaa_client_id,
+            "azp": self.xsuaa_client_id,
+            "grant_type": JWT_BEARER,
+            "user_id": user,
+            "origin": "sap.custom",
+            "user_name": ias.get("email", user),
+            "auth_time": ias.get("iat", now),
+            "iat": now,
+            "exp": now + self.xsuaa_token_lifetime,
+            "iss": self.xsuaa_issuer,
+            "zid": self.app_tid,
+            "aud": [self.xsuaa_client_id, self.xsappname],
+        }
+        if isinstance(ias.get("email"), str):
+            claims["email"] = ias["email"]
+        token = self._xsuaa_signing_key().sign(claims, {"jku": self.issuer + XSUAA_KEYS_PATH})
+        answer = {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.xsuaa_token_lifetime,
+            "scope": " ".join(scope),
+            "jti": claims["jti"],
+        }
+        return json_response(200, answer)

@@ -3,7 +3,9 @@
 It speaks the IAS endpoints flask-ias-pkce uses (discovery, ``/oauth2/certs``,
 ``/oauth2/authorize`` and ``/oauth2/token`` for the PKCE authorization-code grant of a
 public client and the jwt-bearer grant of the application), so apps are tested against the
-real protocol, TLS and client certificates included, without SAP. This module is the
+real protocol, TLS and client certificates included, without SAP. It also plays the
+XSUAA service under ``/xsuaa`` (``/oauth/token`` for the jwt-bearer grant that turns an
+IAS token into an XSUAA token, and ``/token_keys``). This module is the
 harness (lifecycle, certificates, bindings, call record, faults); the protocol itself lives
 in :mod:`._tenant`.
 """
@@ -28,7 +30,15 @@ import requests
 
 from flask_ias_pkce.testing import _pki
 from flask_ias_pkce.testing._server import Request, Response, TLSServer
-from flask_ias_pkce.testing._tenant import JWT_BEARER, TOKEN_PATH, Tenant, basic_credentials, s256
+from flask_ias_pkce.testing._tenant import (
+    JWT_BEARER,
+    TOKEN_PATH,
+    XSUAA_PREFIX,
+    XSUAA_TOKEN_PATH,
+    Tenant,
+    basic_credentials,
+    s256,
+)
 
 DEFAULT_APP_TID = "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90"
 DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
@@ -89,6 +99,10 @@ class IASEmulator:
 
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
+
+    The XSUAA service of :attr:`xsuaa_binding` answers on the same server; its binding holds
+    a client secret (``xsuaa_credential_type="binding-secret"``) or a client certificate of
+    the emulator's CA with the XSUAA client id as CN (``"x509"``), as XSUAA bindings do.
     """
 
     def __init__(
@@ -101,11 +115,15 @@ class IASEmulator:
         client_id: str = "backend-app-client-id",
         public_client_id: str = "mobile-app-public-client",
         xsuaa_client_id: str = "sb-backend!t4711",
+        xsuaa_credential_type: str = "binding-secret",
+        xsuaa_token_lifetime: int = 3600,
         app_tid: str = DEFAULT_APP_TID,
         users: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if credential_type not in ("X509_GENERATED", "SECRET"):
             raise ValueError("credential_type must be 'X509_GENERATED' or 'SECRET'")
+        if xsuaa_credential_type not in ("binding-secret", "x509"):
+            raise ValueError("xsuaa_credential_type must be 'binding-secret' or 'x509'")
         if users is not None and not users:
             raise ValueError("users must name at least one user")
         self._tenant = Tenant(
@@ -117,10 +135,12 @@ class IASEmulator:
             client_secret=secrets.token_urlsafe(32),
             public_client_id=public_client_id,
             xsuaa_client_id=xsuaa_client_id,
+            xsuaa_client_secret=secrets.token_urlsafe(32),
+            xsuaa_token_lifetime=xsuaa_token_lifetime,
             app_tid=app_tid,
             users=DEFAULT_USERS if users is None else users,
         )
-        self._xsuaa_client_secret = secrets.token_urlsafe(32)
+        self._xsuaa_credential_type = xsuaa_credential_type
         self._lock = threading.Lock()
         self._calls: list[Call] = []
         self._faults: dict[str, list[_Fault]] = {}
@@ -128,6 +148,7 @@ class IASEmulator:
         self._thread: threading.Thread | None = None
         self._tmpdir: str | None = None
         self._client: _pki.Issued | None = None
+        self._xsuaa_client: _pki.Issued | None = None
         self._connections_before_stop = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -150,6 +171,8 @@ class IASEmulator:
                 self._client = _pki.issue(ca, self._tenant.client_id, server=False)
                 files["client.pem"] = self._client.certificate_pem
                 files["client-key.pem"] = self._client.key_pem
+            if self._xsuaa_credential_type == "x509":
+                self._xsuaa_client = _pki.issue(ca, self._tenant.xsuaa_client_id, server=False)
             for name, text in files.items():
                 Path(tmpdir, name).write_text(text)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -291,18 +314,40 @@ class IASEmulator:
         return binding
 
     @property
+    def xsuaa_url(self) -> str:
+        """``<url>/xsuaa``: the XSUAA service's ``url`` (and ``certurl``)."""
+        return self.url + XSUAA_PREFIX
+
+    @property
+    def xsuaa_issuer(self) -> str:
+        """The ``iss`` of XSUAA tokens: ``<url>/xsuaa/oauth/token``."""
+        self._running()
+        return self._tenant.xsuaa_issuer
+
+    @property
     def xsuaa_binding(self) -> dict[str, Any]:
-        """The credentials of an ``xsuaa`` service binding whose client id IAS adds to ``aud``."""
-        return {
+        """The credentials of an ``xsuaa`` service binding whose client id IAS adds to ``aud``.
+
+        Its XSUAA answers the jwt-bearer grant at ``<url>/oauth/token`` (secret) and
+        ``<certurl>/oauth/token`` (client certificate); both are this server.
+        """
+        binding: dict[str, Any] = {
             "clientid": self._tenant.xsuaa_client_id,
-            "clientsecret": self._xsuaa_client_secret,
-            "xsappname": self._tenant.xsuaa_client_id.removeprefix("sb-"),
-            "url": f"{self.url}/xsuaa",
+            "xsappname": self._tenant.xsappname,
+            "url": self.xsuaa_url,
+            "certurl": self.xsuaa_url,
             "uaadomain": "localhost",
             "identityzone": "emulator",
             "identityzoneid": self._tenant.app_tid,
             "tenantmode": "dedicated",
+            "credential-type": self._xsuaa_credential_type,
         }
+        if self._xsuaa_client is not None:
+            binding["certificate"] = self._xsuaa_client.certificate_pem
+            binding["key"] = self._xsuaa_client.key_pem
+        else:
+            binding["clientsecret"] = self._tenant.xsuaa_client_secret
+        return binding
 
     def vcap_services(self) -> dict[str, Any]:
         """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
@@ -445,6 +490,16 @@ class IASEmulator:
             for c in self.calls
             if c.path == TOKEN_PATH and c.params.get("grant_type") == JWT_BEARER
         ]
+
+    @property
+    def xsuaa_exchanges(self) -> list[Call]:
+        """The requests to XSUAA's token endpoint among :attr:`calls`."""
+        return [c for c in self.calls if c.path == XSUAA_TOKEN_PATH]
+
+    @property
+    def xsuaa_keys(self) -> dict[str, Any]:
+        """The key set served at XSUAA's ``/token_keys``."""
+        return self._tenant.xsuaa_keys()
 
     def reset_calls(self) -> None:
         """Forget the recorded calls (the connection count stays)."""

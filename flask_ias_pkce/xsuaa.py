@@ -1,0 +1,284 @@
+"""The optional second hop: the app's IAS token in, an XSUAA token out.
+
+Some downstream services accept only XSUAA tokens. XSUAA gives one for an IAS token whose
+``aud`` holds the XSUAA client id (what the first hop obtained) through the jwt-bearer
+grant at ``<xsuaa url>/oauth/token``, authenticated with the xsuaa binding: a client
+secret at ``url``, or the binding's certificate and key over mTLS at ``certurl``, as
+@sap/xssec does it. The XSUAA token is verified against XSUAA's ``/token_keys`` and cached
+in the request's token cache under its own purpose, so it is obtained once per IAS token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from jose import jwk, jws
+from jose.backends.base import Key
+from jose.exceptions import JOSEError
+
+from . import http
+from .bindings import XsuaaBinding
+from .cache import Entry, TokenCache
+from .constants import (
+    ALGORITHM,
+    JWKS_REFETCH_INTERVAL_SECONDS,
+    JWKS_TTL_SECONDS,
+    JWT_BEARER_GRANT,
+)
+from .errors import IASPKCEError, IASRefused
+from .verify import audiences, check_times
+
+if TYPE_CHECKING:
+    from .context import TokenContext
+
+logger = logging.getLogger("flask_ias_pkce")
+
+#: The cache key purpose of XSUAA tokens, apart from the first hop's entries.
+CACHE_PURPOSE = "xsuaa"
+
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+_ZONE = re.compile(r"[A-Za-z0-9-]{1,64}")
+_KID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def hop_possible(binding: XsuaaBinding | None) -> bool:
+    """Whether ``binding`` has what the second hop needs: a ``url`` and credentials."""
+    if binding is None or binding.url is None:
+        return False
+    return binding.client_secret is not None or (
+        binding.certificate is not None and binding.key is not None
+    )
+
+
+class _Refused(Exception):
+    """Why an XSUAA answer is unusable; becomes an :class:`IASRefused` with this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class XsuaaHop:
+    """Exchanges the request's IAS token for an XSUAA token, at most once per IAS token.
+
+    An instance is the ``xsuaa`` callable of :class:`~flask_ias_pkce.TokenContext`: call it
+    with the context and get the XSUAA token (a JWT) back.
+
+    :param binding: the xsuaa binding; see :func:`hop_possible`.
+    :param policy: TLS trust, timeouts and retries, the same as towards IAS.
+    :param cache: the extension's token cache (entries under purpose ``"xsuaa"``).
+    :param leeway: seconds of clock skew allowed and taken off the cache TTL.
+    :param clock: seconds since the epoch.
+    :param app_tid: the tenant of the IAS binding, sent as ``x-zid`` when the token has none.
+    :param session: the keep-alive session; by default one made for the binding.
+    """
+
+    def __init__(
+        self,
+        binding: XsuaaBinding,
+        *,
+        policy: http.HttpPolicy,
+        cache: TokenCache,
+        leeway: float,
+        clock: Callable[[], float],
+        app_tid: str | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not hop_possible(binding):
+            raise ValueError("the xsuaa binding has no url, or neither secret nor certificate")
+        assert binding.url is not None
+        self._binding = binding
+        # A certificate wins over a secret, as in SAP's libraries: the certificate host
+        # (certurl) is the only one that accepts it.
+        self.uses_certificate = binding.certificate is not None and binding.key is not None
+        base = (binding.certurl or binding.url) if self.uses_certificate else binding.url
+        self._token_url = base.rstrip("/") + "/oauth/token"
+        self._keys_url = binding.url.rstrip("/") + "/token_keys"
+        self._trusted_host = urlsplit(binding.url).hostname or ""
+        self._policy = policy
+        self._cache = cache
+        self._leeway = leeway
+        self._clock = clock
+        self._app_tid = app_tid
+        if session is None:
+            session = (
+                http.new_session(binding.certificate, binding.key)
+                if self.uses_certificate
+                else http.new_session()
+            )
+        self.session = session
+        self._keys: dict[str, Key] = {}
+        self._keys_fetched_at = float("-inf")
+        self._keys_refetched_at = float("-inf")
+        self._keys_lock = threading.Lock()
+
+    def __call__(self, context: TokenContext) -> str:
+        """The XSUAA token for ``context.token``, from the cache or from XSUAA.
+
+        :raises ~flask_ias_pkce.errors.IASRefused: XSUAA refused, or its answer is unusable.
+        :raises ~flask_ias_pkce.errors.IASUnavailable: XSUAA cannot be reached.
+        :raises ~flask_ias_pkce.errors.IASTimeout: XSUAA did not answer in time.
+        """
+        key = self._cache.sealer.cache_key(context.token, purpose=CACHE_PURPOSE)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry, _ = self._cache.get_or_compute(key, lambda: self._obtain(key, context))
+        return entry.token
+
+    def _obtain(self, key: str, context: TokenContext) -> Entry:
+        zone = context.claims.get("app_tid")
+        if not isinstance(zone, str):
+            zone = self._app_tid
+        headers = {"Accept": "application/json"}
+        if zone and _ZONE.fullmatch(zone):
+            # XSUAA serves many zones (subaccounts); this names the user's.
+            headers["x-zid"] = zone
+        if not self.uses_certificate:
+            headers["Authorization"] = self._basic_authorization()
+        form = {
+            "grant_type": JWT_BEARER_GRANT,
+            "client_id": self._binding.client_id,
+            "assertion": context.token,
+        }
+        answer = http.call(
+            self.session,
+            "POST",
+            self._token_url,
+            policy=self._policy,
+            what="xsuaa_exchange",
+            data=form,
+            headers=headers,
+        )
+        try:
+            token = _token_of(answer)
+            expires_at = self._verify(token)
+        except _Refused as refused:
+            logger.error("XSUAA exchange failed: %s", refused.reason)
+            raise IASRefused(
+                "The XSUAA service refused the token or answered unusably",
+                reason=refused.reason,
+            ) from None
+        entry = Entry(token, min(expires_at, context.expires_at) - self._leeway)
+        self._cache.put(key, entry)
+        logger.info("Token exchanged at XSUAA")
+        return entry
+
+    def _basic_authorization(self) -> str:
+        # RFC 6749 2.3.1: id and secret are form-urlencoded before they are joined.
+        secret = self._binding.client_secret or ""
+        pair = f"{quote(self._binding.client_id, safe='')}:{quote(secret, safe='')}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
+    # -- verification ------------------------------------------------------------------
+
+    def _verify(self, token: str) -> float:
+        """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
+        try:
+            header = jws.get_unverified_header(token)
+        except JOSEError:
+            raise _Refused("xsuaa_malformed_token") from None
+        if header.get("alg") != ALGORITHM:
+            raise _Refused("xsuaa_alg_not_allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+            raise _Refused("xsuaa_kid_bad")
+        key = self._key(kid)
+        if key is None:
+            raise _Refused("xsuaa_kid_unknown")
+        try:
+            payload = jws.verify(token, key, algorithms=[ALGORITHM])
+            claims = json.loads(payload)
+        except (JOSEError, ValueError):
+            raise _Refused("xsuaa_signature") from None
+        if not isinstance(claims, dict):
+            raise _Refused("xsuaa_malformed_token")
+        if not self._issuer_trusted(claims.get("iss")):
+            raise _Refused("xsuaa_issuer_untrusted")
+        try:
+            expires_at = check_times(claims, now=self._clock(), leeway=self._leeway)
+        except IASPKCEError as error:
+            raise _Refused(f"xsuaa_{error.reason}") from None
+        if self._binding.client_id not in audiences(claims):
+            raise _Refused("xsuaa_audience")
+        return expires_at
+
+    def _issuer_trusted(self, issuer: object) -> bool:
+        # XSUAA names a subscriber's subdomain in iss, so the host may be the binding's or
+        # any host of its uaadomain.
+        if not isinstance(issuer, str):
+            return False
+        parts = urlsplit(issuer)
+        host = parts.hostname or ""
+        uaadomain = (self._binding.uaadomain or "").lower()
+        return parts.scheme == "https" and (
+            host == self._trusted_host or bool(uaadomain and host.endswith("." + uaadomain))
+        )
+
+    def _key(self, kid: str) -> Key | None:
+        now = self._clock()
+        key = self._keys.get(kid)
+        if key is not None and now - self._keys_fetched_at < JWKS_TTL_SECONDS:
+            return key
+        with self._keys_lock:
+            now = self._clock()
+            stale = now - self._keys_fetched_at >= JWKS_TTL_SECONDS
+            # An unknown kid refetches at most once per interval: made-up kids from a
+            # broken answer must not turn into a flood of calls.
+            if stale or now - self._keys_refetched_at >= JWKS_REFETCH_INTERVAL_SECONDS:
+                self._keys_refetched_at = now
+                fetched = self._fetch_keys()
+                if fetched:
+                    self._keys = fetched
+                    self._keys_fetched_at = now
+            return self._keys.get(kid)
+
+    def _fetch_keys(self) -> dict[str, Key]:
+        answer = http.call(
+            self.session, "GET", self._keys_url, policy=self._policy, what="xsuaa_keys"
+        )
+        document = answer.json() if answer.status == 200 else None
+        entries = document.get("keys") if isinstance(document, Mapping) else None
+        if not isinstance(entries, list):
+            logger.error("XSUAA token_keys answered %d without a key set", answer.status)
+            return {}
+        keys: dict[str, Key] = {}
+        for entry in entries:
+            if (
+                isinstance(entry, dict)
+                and entry.get("kty") == "RSA"
+                and entry.get("alg", ALGORITHM) == ALGORITHM
+                and isinstance(entry.get("kid"), str)
+            ):
+                try:
+                    keys[entry["kid"]] = _construct(entry)
+                except (JOSEError, ValueError, TypeError):
+                    logger.warning("XSUAA token_keys holds an unusable key; skipped")
+        return keys
+
+
+def _construct(entry: dict[str, Any]) -> Key:
+    # XSUAA lists each key both as JWK numbers and as a PEM "value"; either will do.
+    if "n" in entry and "e" in entry:
+        return jwk.construct(entry, ALGORITHM)
+    return jwk.construct(entry["value"], ALGORITHM)
+
+
+def _token_of(answer: http.Answer) -> str:
+    body = answer.json()
+    if answer.status != 200:
+        code = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
+            code = f"status_{answer.status}"
+        raise _Refused(f"xsuaa_refused_{code}")
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise _Refused("xsuaa_no_token")
+    return token

@@ -1,0 +1,211 @@
+"""The second hop as a user sees it: ``current_token.xsuaa_token()`` gives an XSUAA token,
+once per IAS token, and a refusing XSUAA is a clean 502."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from jose import jwt
+
+from flask_ias_pkce import IASPKCE, current_token
+from flask_ias_pkce.constants import JWT_BEARER_GRANT
+from flask_ias_pkce.testing import IASEmulator
+
+from helpers import FakeClock, bearer, build_app
+
+XSUAA_TOKEN_PATH = "/xsuaa/oauth/token"
+
+
+def xsuaa_app(
+    ias: IASEmulator, monkeypatch: pytest.MonkeyPatch, clock: FakeClock | None = None
+) -> Flask:
+    """An app bound as on Cloud Foundry: identity and xsuaa through VCAP_SERVICES."""
+    monkeypatch.setenv("VCAP_SERVICES", json.dumps(ias.vcap_services()))
+    app = Flask("xsuaa_app")
+    app.config.update(
+        IAS_PKCE_VERIFY=ias.ca_file,
+        IAS_PKCE_ACCEPTED_AUDIENCES=[ias.public_client_id],
+        IAS_PKCE_TIMEOUT=(2.0, 2.0),
+        IAS_PKCE_RETRIES=0,
+    )
+    extension = IASPKCE(**({"clock": clock} if clock else {}))
+
+    @app.get("/api/xsuaa")
+    def xsuaa() -> dict[str, Any]:
+        token = current_token.xsuaa_token()
+        return {"claims": jwt.get_unverified_claims(token), "ias_token": current_token.token}
+
+    extension.init_app(app)
+    return app
+
+
+@pytest.fixture
+def secret_emulator() -> Iterator[IASEmulator]:
+    with IASEmulator() as emulator:
+        yield emulator
+
+
+def test_xsuaa_token_obtained_once_per_ias_token(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    token = ias.pkce_login()["id_token"]
+
+    answers = [client.get("/api/xsuaa", headers=bearer(token)) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [200] * 4
+    claims = answers[0].json["claims"]
+    assert ias.xsuaa_client_id in claims["aud"]
+    assert claims["iss"] == ias.xsuaa_issuer
+    assert claims["user_name"] == "alice@example.com"
+    assert claims["zid"] == ias.app_tid
+    assert all(a.json["claims"]["jti"] == claims["jti"] for a in answers)
+    [exchange] = ias.xsuaa_exchanges
+    assert exchange.params == {
+        "grant_type": JWT_BEARER_GRANT,
+        "client_id": ias.xsuaa_client_id,
+        "assertion": answers[0].json["ias_token"],
+    }
+    assert exchange.auth_method == "client_secret_basic"
+    assert exchange.headers["x-zid"] == ias.app_tid
+    assert exchange.status == 200
+
+    other = ias.issue_public_token()
+    assert client.get("/api/xsuaa", headers=bearer(other)).status_code == 200
+    assert len(ias.xsuaa_exchanges) == 2
+
+
+def test_concurrent_requests_share_one_xsuaa_exchange(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    app = xsuaa_app(ias, monkeypatch)
+    token = ias.issue_public_token()
+    ias.inject(XSUAA_TOKEN_PATH, delay=0.3)  # slow, so that every request arrives meanwhile
+    statuses: list[int] = []
+
+    def call() -> None:
+        statuses.append(app.test_client().get("/api/xsuaa", headers=bearer(token)).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert statuses == [200] * 8
+    assert len(ias.exchanges) == 1
+    assert len(ias.xsuaa_exchanges) == 1
+
+
+def test_xsuaa_token_with_client_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    with IASEmulator(xsuaa_credential_type="x509") as ias:
+        assert "clientsecret" not in ias.xsuaa_binding
+        client = xsuaa_app(ias, monkeypatch).test_client()
+
+        answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+        assert answer.status_code == 200
+        assert ias.xsuaa_client_id in answer.json["claims"]["aud"]
+        [exchange] = ias.xsuaa_exchanges
+        assert exchange.auth_method == "tls_client_auth"
+        assert exchange.client_cn == ias.xsuaa_client_id
+
+
+def test_xsuaa_refusal_is_a_clean_502(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    token = ias.issue_public_token()
+    ias.inject(
+        XSUAA_TOKEN_PATH,
+        status=401,
+        body={"error": "invalid_client", "error_description": "Bad credentials"},
+    )
+
+    answer = client.get("/api/xsuaa", headers=bearer(token))
+
+    assert answer.status_code == 502
+    assert answer.json["error"] == "bad_gateway"
+    assert token not in answer.get_data(as_text=True)
+    # A refusal is not cached: the next request asks again and succeeds.
+    assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+    assert len(ias.xsuaa_exchanges) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token_type": "bearer"},
+        {"access_token": "not-a-jwt"},
+        "<html>oops</html>",
+    ],
+)
+def test_unusable_xsuaa_answer_is_a_502(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch, body: Any
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    ias.inject(XSUAA_TOKEN_PATH, status=200, body=body)
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 502
+    assert answer.json["error"] == "bad_gateway"
+
+
+def test_xsuaa_token_signed_by_a_stranger_is_refused(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    # Signed by an IAS key, whose kid XSUAA's token_keys do not list.
+    forged = ias.sign(
+        {
+            "iss": ias.xsuaa_issuer,
+            "aud": [ias.xsuaa_client_id],
+            "exp": int(time.time()) + 600,
+        }
+    )
+    ias.inject(XSUAA_TOKEN_PATH, status=200, body={"access_token": forged})
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 502
+
+
+def test_xsuaa_token_obtained_again_when_it_nears_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    with IASEmulator(xsuaa_token_lifetime=120) as ias:
+        clock = FakeClock(time.time())
+        client = xsuaa_app(ias, monkeypatch, clock=clock).test_client()
+        token = ias.issue_public_token()
+        assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+
+        clock.advance(30)  # within exp less the leeway (120 - 60): cached
+        assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+        assert len(ias.xsuaa_exchanges) == 1
+
+        clock.advance(40)  # past it: the same IAS token gets a new XSUAA token
+        assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+        assert len(ias.xsuaa_exchanges) == 2
+        assert len(ias.exchanges) == 1
+
+
+def test_no_xsuaa_binding_means_no_second_hop(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator)
+    app.testing = True  # let the view's error reach the test
+
+    @app.get("/api/hop")
+    def hop() -> str:
+        return current_token.xsuaa_token()
+
+    with pytest.raises(RuntimeError, match="No XSUAA binding"):
+        app.test_client().get("/api/hop", headers=bearer(ias_emulator.issue_public_token()))
