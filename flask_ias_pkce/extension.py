@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import requests
 from flask import Blueprint, Flask, current_app, g, request
@@ -174,7 +174,13 @@ class IASPKCE:
 
     # -- policy -------------------------------------------------------------------------
 
-    def exempt(self, view_or_blueprint: F) -> F:
+    @overload
+    def exempt(self, view_or_blueprint: Blueprint) -> Blueprint: ...
+
+    @overload
+    def exempt(self, view_or_blueprint: F) -> F: ...
+
+    def exempt(self, view_or_blueprint: Any) -> Any:
         """Never ask for a token on this view, or on every view of this blueprint (and
         its nested blueprints). Usable as a decorator."""
         self._mark(view_or_blueprint, SKIP)
