@@ -1,0 +1,1 @@
+"""Benchmarks of flask-ias-pkce: ratios against baselines measured in the same run."""

@@ -1,0 +1,44 @@
+"""The CI smoke run of the benchmarks: ``python -m benchmarks --quick`` still works.
+
+It checks that every benchmark runs and reports, not the figures: a shared CI machine is
+too noisy for that (the full run, ``python -m benchmarks``, is for people to read).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SECTIONS = (
+    "1 hot path (in-process)",
+    "2 over HTTP (gunicorn, 2 workers)",
+    "3 exchange (mTLS)",
+    "4 burst (one fresh token)",
+    "5 growth (cached tokens)",
+)
+
+
+def test_quick_run_reports_every_section() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    assert "CPUs" in finished.stdout, output  # the machine line
+    for section in SECTIONS:
+        assert section in finished.stdout, f"{section!r} missing from:\n{output}"
+    for figure in (
+        "added cost, python-jose / ours",
+        "protected / bare throughput",
+        "new connection / keep-alive latency",
+        "NO single flight",
+        "bytes per cached token",
+    ):
+        assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
