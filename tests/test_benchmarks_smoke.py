@@ -42,3 +42,20 @@ def test_quick_run_reports_every_section() -> None:
         "bytes per cached token",
     ):
         assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
+
+
+def test_load_run_keeps_its_promises() -> None:
+    # Unlike the figures above, the load run's checks are exact, so they are held here:
+    # no valid request refused, no 5xx, one exchange per distinct valid token.
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", "--quick", "--workers", "2"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    assert "exchanges seen by IAS" in finished.stdout, output
+    assert " NO" not in finished.stdout, output
