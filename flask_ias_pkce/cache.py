@@ -144,11 +144,6 @@ class TokenCache:
         sealed = self.sealer.seal(entry.to_bytes(), associated=key.encode())
         self.backend.set(key, sealed, timeout=int(ttl))
 
-    def forget(self, key: str) -> None:
-        """Drop ``key`` from both tiers."""
-        self._l1.pop(key, None)
-        self.backend.delete(key)
-
     def _remember(self, key: str, entry: Entry) -> None:
         if not self._l1_size:
             return

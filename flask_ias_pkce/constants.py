@@ -37,12 +37,74 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_TIMEOUT": (3.05, 10.0),
     "IAS_PKCE_RETRIES": 2,
     "IAS_PKCE_CACHE_TYPE": "SimpleCache",
+    "IAS_PKCE_CACHE_REDIS_URL": None,
     "IAS_PKCE_CACHE_SECRET": None,
     "IAS_PKCE_PASSTHROUGH": True,
     "IAS_PKCE_MAX_TOKEN_BYTES": 8192,
     "IAS_PKCE_L1_SIZE": 1024,
     "IAS_PKCE_NEGATIVE_TTL": 30,
     "IAS_PKCE_REALM": "api",
+}
+
+#: What each configuration key means, in reStructuredText; the documentation's
+#: configuration table is built from this and :data:`CONFIG_DEFAULTS` (a test checks that
+#: every key has a description).
+CONFIG_DOCS: Final[dict[str, str]] = {
+    "IAS_PKCE_ENABLED": "``False`` turns the extension off: the hook lets every request "
+    "through and ``current_token`` is empty (for tests of the host app).",
+    "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
+    '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
+    "``@ias.required`` do.",
+    "IAS_PKCE_BINDING_NAME": "Which ``identity`` service binding to use when several are "
+    "bound (its name or instance name).",
+    "IAS_PKCE_IAS_URL": "The IAS tenant's URL. Setting it (or ``IAS_PKCE_CLIENT_ID``) makes "
+    "the configuration the binding: service bindings are then not read for IAS.",
+    "IAS_PKCE_CLIENT_ID": "The client id of the app's own IAS application, the one that "
+    "exchanges tokens.",
+    "IAS_PKCE_CLIENT_SECRET": "Its client secret, when it authenticates by secret rather "
+    "than by certificate. Overrides the binding's ``clientsecret``.",
+    "IAS_PKCE_CERTIFICATE": "Its X.509 client certificate (PEM text or the path of a PEM "
+    "file) for mTLS. With ``IAS_PKCE_KEY`` it selects mTLS whatever the binding says.",
+    "IAS_PKCE_KEY": "The private key of that certificate (PEM text or a file path). Loaded "
+    "into memory once; never logged.",
+    "IAS_PKCE_DOMAINS": "Trusted IAS domains: a token's issuer must be one of them or one "
+    "label below (its tenant). Default: the binding's ``domains``, else the URL's host.",
+    "IAS_PKCE_APP_TID": "The IAS tenant id sent as ``app_tid`` with exchanges when the "
+    "token carries none. Default: the binding's ``app_tid``.",
+    "IAS_PKCE_XSUAA_CLIENT_ID": "The XSUAA client id the exchanged token's ``aud`` must "
+    "hold. Default: the ``clientid`` of the bound ``xsuaa`` service.",
+    "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) of the public apps "
+    "whose tokens are accepted: a token's ``aud`` must hold one. Default: the IAS client "
+    "id.",
+    "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
+    '``"id_token"`` or ``"access_token"``.',
+    "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "
+    "(0 to 300); also taken off every cache lifetime.",
+    "IAS_PKCE_VERIFY": "TLS verification of IAS: ``True`` (the system's CA bundle) or the "
+    "path of a CA bundle. ``False`` is refused. Passed per request, so "
+    "``REQUESTS_CA_BUNDLE`` cannot override it.",
+    "IAS_PKCE_TIMEOUT": "Seconds to connect to IAS and to wait for its answer: one number "
+    "or a ``(connect, read)`` pair, each in (0, 120].",
+    "IAS_PKCE_RETRIES": "Retries (0 to 5) of a call to IAS on 408, 429, 5xx and connection "
+    "errors, with exponential backoff.",
+    "IAS_PKCE_CACHE_TYPE": 'The token cache\'s Flask-Caching backend. ``"RedisCache"`` '
+    "selects flask-ias-pkce's own Redis backend, which never unpickles; Flask-Caching's "
+    "pickling Redis backends are refused. Other ``IAS_PKCE_CACHE_*`` keys are passed on "
+    "as ``CACHE_*``; the host app's ``CACHE_*`` keys are never read.",
+    "IAS_PKCE_CACHE_REDIS_URL": "The Redis URL for ``RedisCache``. Default: the bound "
+    "``redis-cache`` service.",
+    "IAS_PKCE_CACHE_SECRET": "Key of the HMAC that names cache entries and of the AES-GCM "
+    "sealing of their values. Random per process by default; required, and the same in "
+    "every process, when the cache is shared.",
+    "IAS_PKCE_PASSTHROUGH": "Use a token that already carries the XSUAA client id as it is, "
+    "without an exchange (it still passes every local check).",
+    "IAS_PKCE_MAX_TOKEN_BYTES": "Longer ``Authorization`` values are refused with 400 "
+    "before any parsing (256 to 65536).",
+    "IAS_PKCE_L1_SIZE": "Entries of the in-process cache tier in front of the backend; 0 "
+    "turns it off.",
+    "IAS_PKCE_NEGATIVE_TTL": "Seconds (1 to 3600) an ``invalid_grant`` answer of IAS is "
+    "remembered, so a refused token is not sent to IAS again.",
+    "IAS_PKCE_REALM": "The ``realm`` of the ``WWW-Authenticate`` challenge.",
 }
 
 PROTECT_MODES: Final = ("all", "marked")

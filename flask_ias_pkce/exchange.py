@@ -111,7 +111,8 @@ class ExchangeClient:
             token = body.get(self._use_token) if isinstance(body, Mapping) else None
             if isinstance(token, str) and token.count(".") == 2:
                 return token
-            logger.error("Exchange answer holds no usable %s", self._use_token)
+            # Logged in detail here at DEBUG; the refusal's reason code reaches the log anyway.
+            logger.debug("Exchange answer holds no usable %s", self._use_token)
             raise IASRefused(
                 "The identity service's answer holds no usable token", reason="exchange_no_token"
             )
@@ -120,7 +121,7 @@ class ExchangeClient:
             raise InvalidToken(
                 "The identity service does not accept this token", reason="ias_invalid_grant"
             )
-        logger.error("Exchange refused: IAS answered %d %s", answer.status, code)
+        logger.debug("Exchange refused: IAS answered %d %s", answer.status, code)
         raise IASRefused(
             "The identity service refused to exchange the token",
             reason=f"exchange_refused_{code}",

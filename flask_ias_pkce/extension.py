@@ -18,14 +18,14 @@ from flask_caching.backends.base import BaseCache
 from flask_caching.backends.nullcache import NullCache
 from flask_caching.backends.simplecache import SimpleCache
 
-from . import http
+from . import http, signals
 from .bearer import parse_bearer
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
 from .config import ConfigError, Settings, load_settings
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
-from .context import current_token
-from .errors import IASPKCEError
+from .context import TokenContext, current_token
+from .errors import IASPKCEError, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
 from .service import Authenticator
@@ -79,7 +79,8 @@ class _State:
 
     settings: Settings
     authenticator: Authenticator
-    ias_session: requests.Session
+    keys: JWKSCache
+    policy: http.HttpPolicy
     modes: dict[str, str] = field(default_factory=dict)
 
 
@@ -160,7 +161,7 @@ class IASPKCE:
             clock=self._clock,
             xsuaa=xsuaa_hop,
         )
-        state = _State(settings, authenticator, exchanger.session)
+        state = _State(settings, authenticator, keys, policy)
         app.extensions[EXTENSION_NAME] = state
         # The hook is bound to this app's state: no lookup of the app on the hot path.
         app.before_request(functools.partial(self._authenticate_request, state))
@@ -218,8 +219,7 @@ class IASPKCE:
             return SKIP  # 404 and 405 answer without a challenge
         mode = state.modes.get(endpoint)
         if mode is None:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            mode = state.modes[endpoint] = self._resolve(app, state, endpoint)
+            mode = state.modes[endpoint] = self._resolve(_app(), state, endpoint)
         return mode
 
     def _resolve(self, app: Flask, state: _State, endpoint: str) -> str:
@@ -252,6 +252,7 @@ class IASPKCE:
         if mode == OPTIONAL and authorization is None and not token_in_query:
             setattr(g, G_ATTRIBUTE, None)
             return
+        started = time.perf_counter()
         try:
             token = parse_bearer(
                 authorization,
@@ -261,9 +262,19 @@ class IASPKCE:
             context = state.authenticator.authenticate(token)
         except IASPKCEError as error:
             error.realm = settings.realm
-            logger.info("Refused %s %s: %s", request.method, request.path, error.reason)
+            _report_refusal(error, time.perf_counter() - started)
             raise
         setattr(g, G_ATTRIBUTE, context)
+        if not context.from_cache:
+            _report_exchange(context, time.perf_counter() - started)
+        elif signals.cache_hit.receivers:
+            # The hot path: no log line, and no arguments built unless someone listens.
+            signals.cache_hit.send(
+                _app(),
+                subject=context.claims.get("sub"),
+                passthrough=context.passthrough,
+                duration=time.perf_counter() - started,
+            )
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -276,6 +287,61 @@ class IASPKCE:
         session = requests.Session()
         session.auth = _CurrentTokenAuth()
         return session
+
+
+def _app() -> Flask:
+    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+def _report_exchange(context: TokenContext, duration: float) -> None:
+    """One log line and :data:`~flask_ias_pkce.signals.token_exchanged` per exchange."""
+    claims = context.claims
+    issuer = claims.get("ias_iss", claims.get("iss"))
+    # The endpoint, not the path: paths can hold user data (and, decoded, line breaks).
+    logger.info(
+        "Token %s for %s %s (issuer %s, %.0f ms)",
+        "passed through, it carries the XSUAA audience," if context.passthrough else "exchanged",
+        request.method,
+        request.endpoint,
+        issuer,
+        duration * 1000,
+    )
+    if signals.token_exchanged.receivers:
+        signals.token_exchanged.send(
+            _app(),
+            subject=claims.get("sub"),
+            issuer=issuer,
+            passthrough=context.passthrough,
+            duration=duration,
+        )
+
+
+def _report_refusal(error: IASPKCEError, duration: float) -> None:
+    """One log line and a signal per refused request.
+
+    Refusals of what the client sent are the client's business: INFO, and DEBUG for a
+    request that sent no credentials at all (crawlers, health probes, browsers). IAS
+    failing us is the operator's: WARNING for outages that mend themselves (503, 504),
+    ERROR for a refusal of our client or an unusable answer (502), which needs a fix.
+    """
+    code = error.code or 500
+    if code >= 500:
+        level = logging.ERROR if code == 502 else logging.WARNING
+        signal = signals.exchange_failed
+    else:
+        level = logging.DEBUG if isinstance(error, MissingToken) else logging.INFO
+        signal = signals.token_rejected
+    logger.log(
+        level,
+        "Refused %s %s: %d %s, reason %s",
+        request.method,
+        request.endpoint,
+        code,
+        error.error,
+        error.reason,
+    )
+    if signal.receivers:
+        signal.send(_app(), reason=error.reason, error=error.error, status=code, duration=duration)
 
 
 def _is_preflight_or_automatic() -> bool:

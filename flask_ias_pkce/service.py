@@ -63,7 +63,6 @@ class Authenticator:
         if settings.passthrough and settings.xsuaa_client_id in audiences(public.claims):
             entry = Entry(public_token, public.expires_at - settings.leeway, passthrough=True)
             self.cache.put(key, entry)
-            logger.info("Token passed through (it already carries the XSUAA audience)")
             return entry
         app_tid = public.claims.get("app_tid")
         if not isinstance(app_tid, str):
@@ -77,25 +76,23 @@ class Authenticator:
             # token is refused here instead of being sent to IAS again.
             not_after = min(self._clock() + settings.negative_ttl, public.expires_at)
             self.cache.put(key, Entry("", not_after, denied=True))
-            logger.info("Exchange refused by IAS (invalid_grant); remembered")
+            # The refusal itself is logged once, by whoever answers the request.
+            logger.debug("IAS refused the assertion; remembered for %d s", settings.negative_ttl)
             raise
         try:
             exchanged = self.verifier.verify(
                 exchanged_token, audience=self._xsuaa_audience, issuer=public.issuer
             )
         except InvalidToken as error:
-            logger.error("IAS returned an unusable token (%s)", error.reason)
             raise IASRefused(
                 "The identity service returned an unusable token",
                 reason=f"exchanged_{error.reason}",
             ) from None
         if exchanged.claims.get("sub") != public.claims.get("sub"):
-            logger.error("IAS returned a token for another subject")
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_subject"
             )
         not_after = min(public.expires_at, exchanged.expires_at) - settings.leeway
         entry = Entry(exchanged_token, not_after)
         self.cache.put(key, entry)
-        logger.info("Token exchanged at IAS")
         return entry

@@ -212,16 +212,10 @@ class JWKSCache:
                     state.keys = self._fetch(issuer, claims)
                     state.fetched_at = now
                     state.failure = None
-                except IASPKCEError as error:
+                except Exception as error:
                     if not state.keys:
-                        state.failure = (now, error)
-                        raise
-                    # Serve the known keys and try again after one interval, not on every
-                    # request while IAS is down.
-                    state.fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
-                    logger.warning("JWKS refresh of %s failed; keeping the known keys", issuer)
-                except Exception:
-                    if not state.keys:
+                        if isinstance(error, IASPKCEError):
+                            state.failure = (now, error)
                         raise
                     # Serve the known keys and try again after one interval, not on every
                     # request while IAS is down.
@@ -241,12 +235,24 @@ class JWKSCache:
         return state
 
     def _fetch(self, issuer: str, claims: Mapping[str, Any]) -> dict[str, Key]:
-        # IAS answers the JWKS per client and tenant: it wants to know who asks.
+        headers = self.headers(claims)
+        return self.fetch_keys(issuer, self.discover(issuer, headers), headers)
+
+    def headers(self, claims: Mapping[str, Any]) -> dict[str, str]:
+        """The headers of discovery and JWKS calls for a token with ``claims``.
+
+        IAS answers the JWKS per client and tenant: it wants to know who asks.
+        """
         headers = {"x-client_id": self._client_id}
         for header, claim in (("x-app_tid", "app_tid"), ("x-azp", "azp")):
             value = claims.get(claim)
             if isinstance(value, str) and _KID.fullmatch(value):
                 headers[header] = value
+        return headers
+
+    def discover(self, issuer: str, headers: Mapping[str, str]) -> str:
+        """The ``jwks_uri`` of ``issuer``'s discovery document (no caching; used by the
+        key cache and by ``flask ias-pkce check``)."""
         discovery = http.call(
             self._session,
             "GET",
@@ -262,6 +268,10 @@ class JWKSCache:
             raise IASRefused(
                 "The identity service's discovery document is unusable", reason="discovery_bad"
             )
+        return jwks_uri
+
+    def fetch_keys(self, issuer: str, jwks_uri: str, headers: Mapping[str, str]) -> dict[str, Key]:
+        """The usable RS256 signing keys at ``jwks_uri``, by ``kid`` (no caching)."""
         answer = http.call(
             self._session, "GET", jwks_uri, policy=self._policy, what="jwks", headers=headers
         )

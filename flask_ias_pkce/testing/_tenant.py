@@ -426,6 +426,9 @@ class Tenant:
                 self._xsuaa_key = SigningKey.generate(f"xsuaa-{secrets.token_hex(6)}")
             return self._xsuaa_key
 
+    def sign_xsuaa(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None) -> str:
+        return self._xsuaa_signing_key().sign(claims, headers)
+
     def xsuaa_keys(self) -> dict[str, Any]:
         """XSUAA's ``/token_keys``: a JWKS whose entries also carry the PEM ``value``."""
         key = self._xsuaa_signing_key()

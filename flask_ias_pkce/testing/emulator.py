@@ -402,6 +402,15 @@ class IASEmulator:
         (retired ones included). ``headers`` add to the JOSE header; ``None`` removes one."""
         return self._tenant.sign(claims, headers, kid)
 
+    def sign_xsuaa(
+        self, claims: Mapping[str, Any], *, headers: Mapping[str, Any] | None = None
+    ) -> str:
+        """Sign ``claims`` as they are with the XSUAA service's key (the one its
+        ``/token_keys`` serve); ``headers`` add to the JOSE header, ``None`` removes one.
+        For tests of what an app does with a broken XSUAA answer."""
+        self._running()
+        return self._tenant.sign_xsuaa(claims, headers)
+
     def issue_public_token(self, **claims: Any) -> str:
         """A token as the PKCE flow gives the public client (first user, ``aud`` = the
         public client id); ``claims`` add or replace claims (``name=None`` removes one)."""
