@@ -273,6 +273,12 @@ CASES = [
     ),
     Case("iss a list", token(lambda ias: signed(ias, iss=["https://localhost"])), 401, INVALID),
     Case(
+        "iss with a port that is no number",
+        token(lambda ias: signed(ias, iss="https://localhost:44x3")),
+        401,
+        INVALID,
+    ),
+    Case(
         "ias_iss untrusted",
         token(lambda ias: signed(ias, ias_iss="https://evil.example")),
         401,

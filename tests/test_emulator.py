@@ -345,6 +345,72 @@ def test_exchange_request_errors(
     assert (answer.status_code, answer.json()["error"]) == (status, error)
 
 
+def post_token(ias: IASEmulator, **kwargs: Any) -> requests.Response:
+    return requests.post(ias.token_endpoint, verify=ias.ca_file, timeout=5, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("send", "error", "status"),
+    [
+        (
+            lambda ias, cert: post_token(ias, json={"grant_type": JWT_BEARER}),
+            "invalid_request",
+            400,
+        ),
+        (
+            lambda ias, cert: post_token(ias, data=[("grant_type", "a"), ("grant_type", "b")]),
+            "invalid_request",
+            400,
+        ),
+        (lambda ias, cert: post_token(ias, data={"code": "x"}), "invalid_request", 400),
+        (
+            lambda ias, cert: post_token(ias, data={"grant_type": "authorization_code"}),
+            "invalid_request",
+            400,
+        ),
+        (
+            lambda ias, cert: post_token(
+                ias,
+                data={
+                    "grant_type": "authorization_code",
+                    "client_id": "someone",
+                    "code": "x",
+                    "redirect_uri": REDIRECT_URI,
+                    "code_verifier": RFC_VERIFIER,
+                },
+            ),
+            "invalid_client",
+            401,
+        ),
+        (
+            lambda ias, cert: requests.get(ias.token_endpoint, verify=ias.ca_file, timeout=5),
+            "invalid_request",
+            405,
+        ),
+        (
+            lambda ias, cert: exchange(
+                ias, ias.issue_public_token(), cert=cert, form={"app_tid": "another-tenant"}
+            ),
+            "invalid_request",
+            400,
+        ),
+        (
+            lambda ias, cert: exchange(
+                ias, ias.issue_public_token(nbf=int(time.time()) + 3600), cert=cert
+            ),
+            "invalid_grant",
+            400,
+        ),
+    ],
+)
+def test_token_endpoint_refuses_malformed_requests_like_ias(
+    ias: IASEmulator, client_cert: tuple[str, str], send: Any, error: str, status: int
+) -> None:
+    answer = send(ias, client_cert)
+
+    assert (answer.status_code, answer.json()["error"]) == (status, error)
+
+
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_secret_binding_exchange(secret_ias: IASEmulator, method: str) -> None:
     binding = secret_ias.binding
@@ -379,6 +445,111 @@ def test_secret_binding_refuses_wrong_or_missing_secret(
         answer = exchange(secret_ias, assertion)
     assert answer.status_code == 401
     assert answer.json()["error"] == "invalid_client"
+
+
+def xsuaa_exchange(ias: IASEmulator, **changes: Any) -> requests.Response:
+    """An XSUAA jwt-bearer request with the binding's secret; ``changes`` alter it."""
+    binding = ias.xsuaa_binding
+    form = {
+        "grant_type": JWT_BEARER,
+        "client_id": binding["clientid"],
+        "assertion": changes.pop("assertion", None) or exchanged_token(ias),
+        **changes.pop("form", {}),
+    }
+    auth = changes.pop("auth", (binding["clientid"], binding["clientsecret"]))
+    return requests.post(
+        ias.xsuaa_url + "/oauth/token",
+        data=form,
+        auth=auth,
+        headers=changes.pop("headers", {}),
+        verify=ias.ca_file,
+        timeout=5,
+    )
+
+
+def exchanged_token(ias: IASEmulator) -> str:
+    """An IAS token with the XSUAA client id in ``aud``, as the first hop gives it."""
+    return ias.issue_public_token(aud=[ias.client_id, ias.xsuaa_client_id])
+
+
+def test_xsuaa_grant_gives_a_token_for_the_xsuaa_client(ias: IASEmulator) -> None:
+    answer = xsuaa_exchange(ias)
+
+    assert answer.status_code == 200, answer.text
+    claims = jwt.get_unverified_claims(answer.json()["access_token"])
+    assert ias.xsuaa_client_id in claims["aud"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "status"),
+    [
+        ({"auth": ("sb-backend!t4711", "wrong")}, "invalid_client", 401),
+        ({"auth": None}, "invalid_client", 401),
+        ({"form": {"client_id": "sb-other!t1"}}, "invalid_client", 401),
+        ({"form": {"grant_type": "password"}}, "unsupported_grant_type", 400),
+        ({"form": {"assertion": ""}}, "invalid_request", 400),
+        ({"headers": {"x-zid": "another-zone"}}, "invalid_request", 400),
+        ({"assertion": "not.a.token"}, "invalid_grant", 400),
+    ],
+)
+def test_xsuaa_grant_refuses_like_xsuaa(
+    ias: IASEmulator, changes: dict[str, Any], error: str, status: int
+) -> None:
+    answer = xsuaa_exchange(ias, **changes)
+
+    assert (answer.status_code, answer.json()["error"]) == (status, error)
+
+
+def test_xsuaa_grant_refuses_an_ias_token_without_the_xsuaa_audience(ias: IASEmulator) -> None:
+    answer = xsuaa_exchange(ias, assertion=ias.issue_public_token())
+
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_grant")
+
+
+def test_xsuaa_grant_by_certificate(tmp_path: Path) -> None:
+    with IASEmulator(xsuaa_credential_type="x509") as ias:
+        binding = ias.xsuaa_binding
+        certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+        certfile.write_text(binding["certificate"])
+        keyfile.write_text(binding["key"])
+        form = {"grant_type": JWT_BEARER, "assertion": exchanged_token(ias)}
+        url = binding["certurl"] + "/oauth/token"
+
+        with_certificate = requests.post(
+            url, data=form, cert=(str(certfile), str(keyfile)), verify=ias.ca_file, timeout=5
+        )
+        without = requests.post(url, data=form, verify=ias.ca_file, timeout=5)
+        other_client = requests.post(
+            url,
+            data=form,
+            cert=(ias.client_certificate_files[0], ias.client_certificate_files[1]),
+            verify=ias.ca_file,
+            timeout=5,
+        )
+
+    assert with_certificate.status_code == 200, with_certificate.text
+    assert (without.status_code, without.json()["error"]) == (401, "invalid_client")
+    assert (other_client.status_code, other_client.json()["error"]) == (401, "invalid_client")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"credential_type": "PASSWORD"}, "credential_type"),
+        ({"xsuaa_credential_type": "instance-secret"}, "xsuaa_credential_type"),
+        ({"users": {}}, "users"),
+    ],
+)
+def test_emulator_refuses_settings_it_cannot_emulate(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        IASEmulator(**settings)
+
+
+def test_inject_needs_at_least_one_time(ias: IASEmulator) -> None:
+    with pytest.raises(ValueError, match="times"):
+        ias.inject("/oauth2/token", status=500, times=0)
 
 
 # -- bindings ---------------------------------------------------------------------------------

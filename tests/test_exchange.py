@@ -137,3 +137,34 @@ def test_passthrough_still_checks_audience(ias_emulator: IASEmulator) -> None:
 
     assert answer.status_code == 401
     assert ias_emulator.exchanges == []
+
+
+def test_token_without_app_tid_is_exchanged_for_the_binding_tenant(
+    ias_emulator: IASEmulator,
+) -> None:
+    client = build_app(ias_emulator).test_client()
+
+    answer = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token(app_tid=None)))
+
+    assert answer.status_code == 200
+    [exchange] = ias_emulator.exchanges
+    assert exchange.params["app_tid"] == ias_emulator.app_tid
+
+
+def test_exchanged_token_for_another_subject_is_refused(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator).test_client()
+    token = ias_emulator.issue_public_token()
+    claims = {
+        "iss": ias_emulator.issuer,
+        "sub": "someone-else",
+        "aud": [ias_emulator.client_id, ias_emulator.xsuaa_client_id],
+        "exp": int(time.time()) + 600,
+    }
+    ias_emulator.inject(
+        "/oauth2/token", body={"id_token": ias_emulator.sign(claims), "access_token": "x"}
+    )
+
+    answer = client.get("/api/me", headers=bearer(token))
+
+    assert answer.status_code == 502
+    assert "someone-else" not in answer.get_data(as_text=True)

@@ -665,3 +665,16 @@ def test_key_fetch_failure_is_not_repeated_within_the_backoff(
 
     assert (first.status_code, again.status_code, later.status_code) == (503, 503, 200)
     assert calls_while_failing == 1  # the second request did not call IAS
+
+
+def test_ias_hiding_its_keys_from_this_client_is_a_401(ias_emulator: IASEmulator) -> None:
+    # IAS answers the JWKS with 400 when the asking client may not see that tenant's keys:
+    # the token is not for this app, whatever its claims say.
+    client = build_app(ias_emulator).test_client()
+    ias_emulator.inject(JWKS_PATH, status=400, body={"error": "invalid_request"})
+
+    answer = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+
+    assert answer.status_code == 401
+    assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    assert ias_emulator.exchanges == []

@@ -106,6 +106,10 @@ def test_incomplete_binding_names_the_missing_key(
         ("IAS_PKCE_ENABLED", "yes", "IAS_PKCE_ENABLED"),
         ("IAS_PKCE_REALM", 'a"b', "IAS_PKCE_REALM"),
         ("IAS_PKCE_MAX_TOKEN_BYTES", 10, "IAS_PKCE_MAX_TOKEN_BYTES"),
+        ("IAS_PKCE_CACHE_SECRET", 12345, "IAS_PKCE_CACHE_SECRET"),
+        ("IAS_PKCE_CACHE_TYPE", "redis", "RedisCache"),
+        # Redis chosen, but neither a URL nor a bound Redis service to use.
+        ("IAS_PKCE_CACHE_TYPE", "RedisCache", "IAS_PKCE_CACHE_REDIS_URL"),
     ],
 )
 def test_wrong_setting_fails_at_init_app(

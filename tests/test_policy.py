@@ -201,3 +201,45 @@ def test_one_extension_serves_several_apps(ias_emulator: IASEmulator) -> None:
     assert first.test_client().get("/x").status_code == 401
     assert second.test_client().get("/x").status_code == 200
     assert first.extensions["ias_pkce"] is not second.extensions["ias_pkce"]
+
+
+def test_marking_something_that_is_not_a_view_or_blueprint_is_an_error() -> None:
+    ias = IASPKCE()
+
+    with pytest.raises(TypeError, match="Blueprint"):
+        ias.protect(lambda: "a view")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="view function or a Blueprint"):
+        ias.exempt(42)
+
+
+def test_outbound_session_needs_a_token(ias_emulator: IASEmulator) -> None:
+    app, ias = _app(ias_emulator)
+
+    @app.get("/health")
+    @ias.exempt
+    def health() -> str:
+        ias.session().get("https://downstream.invalid/", timeout=1)
+        return "unreachable"
+
+    ias.init_app(app)
+    app.testing = True  # let the view's error reach the test
+
+    with pytest.raises(RuntimeError, match="No token in this request"):
+        app.test_client().get("/health")
+
+
+def test_token_context_shows_no_token(ias_emulator: IASEmulator) -> None:
+    app, ias = _app(ias_emulator)
+
+    @app.get("/api/context")
+    def context() -> dict[str, Any]:
+        return {"repr": repr(current_token), "public_aud": current_token.public_claims["aud"]}
+
+    ias.init_app(app)
+    token = ias_emulator.issue_public_token()
+
+    answer = app.test_client().get("/api/context", headers=bearer(token))
+
+    assert answer.json["public_aud"] == ias_emulator.public_client_id
+    assert answer.json["repr"].startswith("<TokenContext sub=")
+    assert "eyJ" not in answer.json["repr"]

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -249,6 +250,49 @@ def test_many_delete_and_clear_touch_only_our_prefix(
     assert raw.get("someone-else") == b"keep"
 
 
+def test_unlink_and_empty_calls(cache: SafeRedisCache) -> None:
+    assert cache.set_many({"a": b"1", "b": b"2"}, timeout=30) == ["a", "b"]
+    assert cache.unlink("a", "b") == ["a", "b"]
+    assert cache.get_many("a", "b") == [None, None]
+    assert cache.get_many() == []
+    assert cache.set_many({}, timeout=30) == []
+    assert cache.delete_many() == []
+
+
+def test_counters_are_refused(cache: SafeRedisCache) -> None:
+    # A Redis counter would live without expiry: the backend stores expiring bytes only.
+    with pytest.raises(NotImplementedError):
+        cache.inc("n")
+    with pytest.raises(NotImplementedError):
+        cache.dec("n")
+
+
+def test_clear_without_a_prefix_is_refused(redis_server: RedisServer, raw: redis.Redis) -> None:
+    # The Redis may hold other apps' data: without a prefix, clear() would touch it.
+    unprefixed = SafeRedisCache.from_url(redis_server.url, key_prefix="")
+    raw.set("someone-else", b"keep")
+
+    assert unprefixed.clear() is False
+    assert raw.get("someone-else") == b"keep"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda url: SafeRedisCache.from_url(url.replace("redis://", "http://")), "redis://"),
+        (
+            lambda url: SafeRedisCache(redis.Redis.from_url(url, decode_responses=True)),
+            "decode_responses",
+        ),
+        (lambda url: RedisLock(redis.Redis.from_url(url), "lock:k", ttl_ms=0), "ttl_ms"),
+    ],
+)
+def test_unsafe_settings_are_refused(redis_server: RedisServer, make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        make(redis_server.url)
+    assert redis_server.url not in str(refused.value)
+
+
 def test_redis_down_means_misses_logged_once_then_recovery_by_itself(
     cache: SafeRedisCache,
     redis_server: RedisServer,
@@ -264,6 +308,12 @@ def test_redis_down_means_misses_logged_once_then_recovery_by_itself(
         assert cache.set("k", b"v", timeout=30) is False
     assert cache.get_many("k") == [None]
     assert not cache.has("k")
+    # Every write degrades the same way: nothing raises into the request.
+    assert cache.set_many({"a": b"1"}, timeout=30) == []
+    assert cache.delete("k") is False
+    assert cache.delete_many("k", "a") == []
+    assert cache.unlink("k") == []
+    assert cache.clear() is False
     assert not is_available(cache)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

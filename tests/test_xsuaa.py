@@ -209,3 +209,119 @@ def test_no_xsuaa_binding_means_no_second_hop(ias_emulator: IASEmulator) -> None
 
     with pytest.raises(RuntimeError, match="No XSUAA binding"):
         app.test_client().get("/api/hop", headers=bearer(ias_emulator.issue_public_token()))
+
+
+def xsuaa_claims(ias: IASEmulator, **changes: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": ias.xsuaa_issuer,
+        "aud": [ias.xsuaa_client_id],
+        "sub": "someone",
+        "exp": int(time.time()) + 600,
+    }
+    for name, value in changes.items():
+        if value is None:
+            claims.pop(name)
+        else:
+            claims[name] = value
+    return claims
+
+
+@pytest.mark.parametrize(
+    ("forge", "reason"),
+    [
+        (lambda ias: "e30.e30.e30", "xsuaa_alg_not_allowed"),
+        (lambda ias: "a.b.c", "xsuaa_malformed_token"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"alg": "HS256"}), "alg_not"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"kid": None}), "xsuaa_kid_bad"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"kid": "x"}), "kid_unknown"),
+        (lambda ias: ias.sign_xsuaa(["not", "an", "object"]), "xsuaa_malformed_token"),  # type: ignore[arg-type]
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, iss="https://evil.example")), "issuer"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, iss=None)), "xsuaa_issuer_untrusted"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=int(time.time()) - 600)), "expired"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, aud=["another-app"])), "xsuaa_audience"),
+        (
+            lambda ias: ".".join(
+                ias.sign_xsuaa(xsuaa_claims(ias)).split(".")[:2]
+                + ias.sign_xsuaa(xsuaa_claims(ias, sub="mallory")).split(".")[2:]
+            ),
+            "xsuaa_signature",
+        ),
+    ],
+)
+def test_every_broken_xsuaa_token_is_a_502_with_its_reason(
+    secret_emulator: IASEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    forge: Any,
+    reason: str,
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    forged = forge(ias)
+    ias.inject(XSUAA_TOKEN_PATH, status=200, body={"access_token": forged})
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 502
+    assert forged not in answer.get_data(as_text=True)
+    [failure] = [
+        r.getMessage() for r in caplog.records if "XSUAA exchange failed" in r.getMessage()
+    ]
+    assert reason in failure
+
+
+def test_xsuaa_issuer_may_be_a_subscriber_subdomain(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # XSUAA names a subscriber's subdomain in iss: any host under the binding's uaadomain.
+    ias = secret_emulator
+    uaadomain = ias.xsuaa_binding["uaadomain"]
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    token = ias.sign_xsuaa(xsuaa_claims(ias, iss=f"https://subscriber.{uaadomain}/oauth/token"))
+    ias.inject(XSUAA_TOKEN_PATH, status=200, body={"access_token": token})
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 200, answer.json
+    assert answer.json["claims"]["iss"].startswith("https://subscriber.")
+
+
+def test_xsuaa_without_a_key_set_is_a_502(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    ias.inject("/xsuaa/token_keys", status=404, body={"error": "not_found"})
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 502
+
+
+def test_xsuaa_over_plain_http_is_never_called(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A binding that names http:// would send the IAS token in clear: refused, as a 503.
+    ias = secret_emulator
+    vcap = ias.vcap_services()
+    xsuaa = vcap["xsuaa"][0]["credentials"]
+    xsuaa["url"] = xsuaa["url"].replace("https://", "http://")
+    xsuaa.pop("certurl", None)
+    monkeypatch.setenv("VCAP_SERVICES", json.dumps(vcap))
+    app = Flask("plain_http")
+    app.config.update(
+        IAS_PKCE_VERIFY=ias.ca_file,
+        IAS_PKCE_ACCEPTED_AUDIENCES=[ias.public_client_id],
+        IAS_PKCE_RETRIES=0,
+    )
+
+    @app.get("/api/xsuaa")
+    def hop() -> str:
+        return current_token.xsuaa_token()
+
+    IASPKCE(app)
+
+    answer = app.test_client().get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 503
+    assert ias.xsuaa_exchanges == []
