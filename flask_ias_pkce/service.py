@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .bearer import check_token_shape
 from .cache import Entry, TokenCache
 from .config import Settings
 from .context import TokenContext
@@ -39,12 +40,15 @@ class Authenticator:
         self._xsuaa_audience = (settings.xsuaa_client_id,)
 
     def authenticate(self, public_token: str) -> TokenContext:
-        """Return the context for ``public_token`` or raise an
+        """Return the context for ``public_token`` (Bearer credentials as sent) or raise an
         :class:`~flask_ias_pkce.errors.IASPKCEError`."""
         key = self.cache.key(public_token)
         entry = self.cache.get(key)
         from_cache = entry is not None
         if entry is None:
+            # Only an entry made for exactly this string can be a hit, so the shape is
+            # checked on a miss, before anything else looks at the token.
+            check_token_shape(public_token)
             entry, computed = self.cache.get_or_compute(
                 key, lambda: self._obtain(key, public_token)
             )
