@@ -8,6 +8,7 @@ table: a read timeout is a 504, anything that keeps us from talking to IAS is a 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -121,6 +123,10 @@ def _load_identity(context: ssl.SSLContext, certificate: str, key: str) -> None:
 def new_session(certificate: str | None = None, key: str | None = None) -> requests.Session:
     """A keep-alive session for IAS; with ``certificate`` and ``key``, it authenticates by mTLS."""
     session = requests.Session()
+    # Nothing from the environment reaches a call to IAS by surprise: no .netrc credentials,
+    # no REQUESTS_CA_BUNDLE in place of IAS_PKCE_VERIFY. Proxies still come from it, read
+    # once per origin (_proxies_for), which also spares every call requests' own lookups.
+    session.trust_env = False
     adapter = _ClientCertificateAdapter(certificate, key)
     session.mount("https://", adapter)
     # Plain HTTP is never used towards IAS: an http:// URL fails instead of leaking a token.
@@ -249,6 +255,17 @@ def call(
     )
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@functools.lru_cache(maxsize=64)
+def _proxies_for(origin: str) -> dict[str, str]:
+    # HTTPS_PROXY and NO_PROXY as requests reads them; the origins we call are few.
+    return requests.utils.get_environ_proxies(origin)
+
+
 def _send(
     session: requests.Session, method: str, url: str, policy: HttpPolicy, **kwargs: Any
 ) -> Answer:
@@ -257,6 +274,8 @@ def _send(
     # it likes. The body is therefore read against one deadline per attempt, which keeps
     # HttpPolicy.worst_case_seconds() true.
     deadline = time.monotonic() + sum(policy.timeout)
+    if not session.trust_env:
+        kwargs.setdefault("proxies", _proxies_for(_origin(url)))
     with session.request(
         method,
         url,
