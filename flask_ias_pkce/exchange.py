@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import re
 from collections.abc import Mapping
-from urllib.parse import quote
 
 import requests
 
@@ -17,17 +14,9 @@ from .errors import IASRefused, InvalidToken
 
 logger = logging.getLogger("flask_ias_pkce")
 
-_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 # SAP/cloud-sdk-java#1186: IAS has answered a valid jwt-bearer request with this error
 # once and accepted it on an immediate retry.
 _TRANSIENT_DESCRIPTION = "missing web session"
-
-
-def _error_code(answer: http.Answer) -> str:
-    """The RFC 6749 ``error`` of an answer, only if it looks like one (it goes to logs)."""
-    body = answer.json()
-    code = body.get("error") if isinstance(body, dict) else None
-    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "unknown"
 
 
 def _is_transient(answer: http.Answer) -> bool:
@@ -86,7 +75,9 @@ class ExchangeClient:
             form["app_tid"] = app_tid
         headers = {"Accept": "application/json"}
         if not self._binding.uses_certificate:
-            headers["Authorization"] = self._basic_authorization()
+            headers["Authorization"] = http.basic_authorization(
+                self._binding.client_id, self._binding.client_secret or ""
+            )
         answer = http.call(
             self.session,
             "POST",
@@ -99,12 +90,6 @@ class ExchangeClient:
         )
         return self._token_of(answer)
 
-    def _basic_authorization(self) -> str:
-        # RFC 6749 2.3.1: id and secret are form-urlencoded before they are joined.
-        secret = self._binding.client_secret or ""
-        pair = f"{quote(self._binding.client_id, safe='')}:{quote(secret, safe='')}"
-        return "Basic " + base64.b64encode(pair.encode()).decode()
-
     def _token_of(self, answer: http.Answer) -> str:
         if answer.status == 200:
             body = answer.json()
@@ -116,7 +101,7 @@ class ExchangeClient:
             raise IASRefused(
                 "The identity service's answer holds no usable token", reason="exchange_no_token"
             )
-        code = _error_code(answer)
+        code = http.error_code(answer) or "unknown"
         if answer.status == 400 and code == "invalid_grant":
             raise InvalidToken(
                 "The identity service does not accept this token", reason="ias_invalid_grant"

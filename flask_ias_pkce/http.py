@@ -8,11 +8,13 @@ table: a read timeout is a 504, anything that keeps us from talking to IAS is a 
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
 import os
 import random
+import re
 import ssl
 import tempfile
 import threading
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -179,6 +181,24 @@ class Answer:
             return json.loads(self.body)
         except ValueError:
             return None
+
+
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+
+
+def error_code(answer: Answer) -> str | None:
+    """The RFC 6749 ``error`` of an answer, only if it looks like one: it goes to logs and
+    reason codes, and IAS's other text might echo what we sent."""
+    body = answer.json()
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None
+
+
+def basic_authorization(client_id: str, secret: str) -> str:
+    """An HTTP Basic ``Authorization`` value for an OAuth client (RFC 6749 2.3.1: id and
+    secret are form-urlencoded before they are joined)."""
+    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
 def _retry_after(headers: Mapping[str, str]) -> int | None:

@@ -38,7 +38,8 @@ from .errors import IASPKCEError, IASRefused, InvalidToken
 logger = logging.getLogger("flask_ias_pkce")
 
 _LABEL = re.compile(r"[a-z0-9-]{1,63}")
-_KID = re.compile(r"[\x21-\x7e]{1,128}")
+#: What a ``kid`` (and a tenant id we forward in a header) may look like.
+KID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 #: Header parameters whose meaning we would have to understand (RFC 7515 4.1.11).
 _REFUSED_HEADERS = frozenset({"crit"})
 #: At most this many issuers (tenants) keep their keys in memory.
@@ -147,26 +148,94 @@ class VerifiedToken:
     expires_at: float
 
 
-class _IssuerKeys:
-    __slots__ = ("failure", "fetched_at", "keys", "last_refetch", "lock")
-
-    def __init__(self) -> None:
-        self.keys: dict[str, Key] = {}
-        self.fetched_at = float("-inf")
-        self.last_refetch = float("-inf")
-        self.failure: tuple[float, IASPKCEError] | None = None
-        self.lock = threading.Lock()
-
-
-class JWKSCache:
-    """The signing keys of each trusted issuer, found through OIDC discovery.
+class KeySet:
+    """The signing keys of one source (an issuer's JWKS, XSUAA's token_keys), by ``kid``.
 
     Keys are kept for :data:`~flask_ias_pkce.constants.JWKS_TTL_SECONDS`; an unknown
     ``kid`` fetches them again, at most once per
-    :data:`~flask_ias_pkce.constants.JWKS_REFETCH_INTERVAL_SECONDS` per issuer, so that a
-    key rotation is picked up at once while a flood of made-up ``kid`` values is not
-    forwarded to IAS. When a refresh fails, the keys we had go on serving.
+    :data:`~flask_ias_pkce.constants.JWKS_REFETCH_INTERVAL_SECONDS`, so that a key rotation
+    is picked up at once while a flood of made-up ``kid`` values is not forwarded to the
+    source. When a refresh fails, the keys we had go on serving; while the source has never
+    served keys, a failure is answered again for
+    :data:`~flask_ias_pkce.constants.JWKS_FAILURE_BACKOFF_SECONDS` without a call.
     """
+
+    __slots__ = ("_failure", "_fetched_at", "_keys", "_last_refetch", "_lock", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name  # for logs
+        self._keys: dict[str, Key] = {}
+        self._fetched_at = float("-inf")
+        self._last_refetch = float("-inf")
+        self._failure: tuple[float, IASPKCEError] | None = None
+        self._lock = threading.Lock()
+
+    def key(self, kid: str, fetch: Callable[[], dict[str, Key]], now: float) -> Key | None:
+        """The key ``kid``, fetching the set with ``fetch`` when it is stale or lacks it."""
+        key = self._keys.get(kid)
+        if key is not None and now - self._fetched_at < JWKS_TTL_SECONDS:
+            return key
+        with self._lock:
+            key = self._keys.get(kid)
+            stale = now - self._fetched_at >= JWKS_TTL_SECONDS
+            if key is not None and not stale:
+                return key
+            # A stale set is always refreshed; an unknown kid in a fresh set refreshes it at
+            # most once per interval, so made-up kids cannot make us hammer the source.
+            if stale or now - self._last_refetch >= JWKS_REFETCH_INTERVAL_SECONDS:
+                if not stale:
+                    self._last_refetch = now
+                self._refresh(fetch, now)
+            return self._keys.get(kid)
+
+    def _refresh(self, fetch: Callable[[], dict[str, Key]], now: float) -> None:
+        if not self._keys and self._failure is not None:
+            failed_at, error = self._failure
+            if now - failed_at < JWKS_FAILURE_BACKOFF_SECONDS:
+                # The source has never given us keys and failed a moment ago: answer with
+                # that failure instead of calling it again for every request.
+                raise copy.copy(error)
+        try:
+            self._keys = fetch()
+            self._fetched_at = now
+            self._failure = None
+        except Exception as error:
+            if not self._keys:
+                if isinstance(error, IASPKCEError):
+                    self._failure = (now, error)
+                raise
+            # Serve the known keys and try again after one interval, not on every request
+            # while the source is down.
+            self._fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
+            logger.warning("Key refresh of %s failed; keeping the known keys", self._name)
+
+
+def rsa_signing_keys(entries: list[Any], source: str) -> dict[str, Key]:
+    """The usable RS256 signing keys among JWK ``entries``, by ``kid``; others are skipped.
+
+    An entry may carry the key as JWK numbers (``n``, ``e``) or, as XSUAA's do, as a PEM
+    ``value``.
+    """
+    keys: dict[str, Key] = {}
+    for entry in entries:
+        if (
+            isinstance(entry, dict)
+            and entry.get("kty") == "RSA"
+            and entry.get("use", "sig") == "sig"
+            and entry.get("alg", ALGORITHM) == ALGORITHM
+            and isinstance(entry.get("kid"), str)
+        ):
+            material = entry if "n" in entry and "e" in entry else entry.get("value")
+            try:
+                keys[entry["kid"]] = jwk.construct(material, ALGORITHM)
+            except (JOSEError, ValueError, TypeError):
+                logger.warning("The keys of %s hold an unusable key; skipped", source)
+    return keys
+
+
+class JWKSCache:
+    """The signing keys of each trusted issuer, found through OIDC discovery; one
+    :class:`KeySet` per issuer (tenant)."""
 
     def __init__(
         self,
@@ -180,59 +249,23 @@ class JWKSCache:
         self._policy = policy
         self._client_id = client_id
         self._clock = clock
-        self._issuers: dict[str, _IssuerKeys] = {}
+        self._issuers: dict[str, KeySet] = {}
         self._lock = threading.Lock()
 
     def key(self, issuer: str, kid: str, claims: Mapping[str, Any]) -> Key | None:
         """The key ``kid`` of ``issuer`` (an origin that passed the trust check), or None."""
-        state = self._state(issuer)
-        now = self._clock()
-        key = state.keys.get(kid)
-        fresh = now - state.fetched_at < JWKS_TTL_SECONDS
-        if key is not None and fresh:
-            return key
-        with state.lock:
-            now = self._clock()
-            key = state.keys.get(kid)
-            stale = now - state.fetched_at >= JWKS_TTL_SECONDS
-            if key is not None and not stale:
-                return key
-            # A stale set is always refreshed; an unknown kid in a fresh set refreshes it at
-            # most once per interval, so made-up kids cannot make us hammer IAS.
-            if stale or now - state.last_refetch >= JWKS_REFETCH_INTERVAL_SECONDS:
-                if not stale:
-                    state.last_refetch = now
-                if not state.keys and state.failure is not None:
-                    failed_at, error = state.failure
-                    if now - failed_at < JWKS_FAILURE_BACKOFF_SECONDS:
-                        # IAS has never given us keys and failed a moment ago: answer with
-                        # that failure instead of calling it again for every request.
-                        raise copy.copy(error)
-                try:
-                    state.keys = self._fetch(issuer, claims)
-                    state.fetched_at = now
-                    state.failure = None
-                except Exception as error:
-                    if not state.keys:
-                        if isinstance(error, IASPKCEError):
-                            state.failure = (now, error)
-                        raise
-                    # Serve the known keys and try again after one interval, not on every
-                    # request while IAS is down.
-                    state.fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
-                    logger.warning("JWKS refresh of %s failed; keeping the known keys", issuer)
-            return state.keys.get(kid)
+        return self._key_set(issuer).key(kid, lambda: self._fetch(issuer, claims), self._clock())
 
-    def _state(self, issuer: str) -> _IssuerKeys:
-        state = self._issuers.get(issuer)
-        if state is None:
+    def _key_set(self, issuer: str) -> KeySet:
+        key_set = self._issuers.get(issuer)
+        if key_set is None:
             with self._lock:
-                state = self._issuers.get(issuer)
-                if state is None:
+                key_set = self._issuers.get(issuer)
+                if key_set is None:
                     if len(self._issuers) >= _MAX_ISSUERS:
                         self._issuers.pop(next(iter(self._issuers)))
-                    state = self._issuers[issuer] = _IssuerKeys()
-        return state
+                    key_set = self._issuers[issuer] = KeySet(issuer)
+        return key_set
 
     def _fetch(self, issuer: str, claims: Mapping[str, Any]) -> dict[str, Key]:
         headers = self.headers(claims)
@@ -246,7 +279,7 @@ class JWKSCache:
         headers = {"x-client_id": self._client_id}
         for header, claim in (("x-app_tid", "app_tid"), ("x-azp", "azp")):
             value = claims.get(claim)
-            if isinstance(value, str) and _KID.fullmatch(value):
+            if isinstance(value, str) and KID_PATTERN.fullmatch(value):
                 headers[header] = value
         return headers
 
@@ -282,19 +315,7 @@ class JWKSCache:
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             raise IASRefused("The identity service's JWKS is unusable", reason="jwks_bad")
-        keys: dict[str, Key] = {}
-        for entry in entries:
-            if (
-                isinstance(entry, dict)
-                and entry.get("kty") == "RSA"
-                and entry.get("use", "sig") == "sig"
-                and entry.get("alg", ALGORITHM) == ALGORITHM
-                and isinstance(entry.get("kid"), str)
-            ):
-                try:
-                    keys[entry["kid"]] = jwk.construct(entry, ALGORITHM)
-                except (JOSEError, ValueError, TypeError):
-                    logger.warning("JWKS of %s holds an unusable key; skipped", issuer)
+        keys = rsa_signing_keys(entries, issuer)
         if not keys:
             raise IASRefused("The identity service's JWKS has no usable key", reason="jwks_empty")
         logger.info("Fetched %d signing keys of %s", len(keys), issuer)
@@ -336,7 +357,7 @@ class TokenVerifier:
         if _REFUSED_HEADERS & header.keys():
             raise InvalidToken("The token has critical extensions", reason="crit_header")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+        if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
             raise InvalidToken("The token's key id is missing or malformed", reason="kid_bad")
         claims = _json_object(payload_segment)
         origin = issuer_origin(claims.get("ias_iss", claims.get("iss")), self._domains)

@@ -10,17 +10,15 @@ in the request's token cache under its own purpose, so it is obtained once per I
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import requests
-from jose import jwk, jws
+from jose import jws
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
@@ -29,12 +27,10 @@ from .bindings import XsuaaBinding
 from .cache import Entry, TokenCache
 from .constants import (
     ALGORITHM,
-    JWKS_REFETCH_INTERVAL_SECONDS,
-    JWKS_TTL_SECONDS,
     JWT_BEARER_GRANT,
 )
 from .errors import IASPKCEError, IASRefused
-from .verify import audiences, check_times
+from .verify import KID_PATTERN, KeySet, audiences, check_times, rsa_signing_keys
 
 if TYPE_CHECKING:
     from .context import TokenContext
@@ -44,9 +40,7 @@ logger = logging.getLogger("flask_ias_pkce")
 #: The cache key purpose of XSUAA tokens, apart from the first hop's entries.
 CACHE_PURPOSE = "xsuaa"
 
-_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _ZONE = re.compile(r"[A-Za-z0-9-]{1,64}")
-_KID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def hop_possible(binding: XsuaaBinding | None) -> bool:
@@ -115,10 +109,7 @@ class XsuaaHop:
                 else http.new_session()
             )
         self.session = session
-        self._keys: dict[str, Key] = {}
-        self._keys_fetched_at = float("-inf")
-        self._keys_refetched_at = float("-inf")
-        self._keys_lock = threading.Lock()
+        self._key_set = KeySet("XSUAA")
 
     def __call__(self, context: TokenContext) -> str:
         """The XSUAA token for ``context.token``, from the cache or from XSUAA.
@@ -142,7 +133,9 @@ class XsuaaHop:
             # XSUAA serves many zones (subaccounts); this names the user's.
             headers["x-zid"] = zone
         if not self.uses_certificate:
-            headers["Authorization"] = self._basic_authorization()
+            headers["Authorization"] = http.basic_authorization(
+                self._binding.client_id, self._binding.client_secret or ""
+            )
         form = {
             "grant_type": JWT_BEARER_GRANT,
             "client_id": self._binding.client_id,
@@ -171,12 +164,6 @@ class XsuaaHop:
         logger.info("Token exchanged at XSUAA")
         return entry
 
-    def _basic_authorization(self) -> str:
-        # RFC 6749 2.3.1: id and secret are form-urlencoded before they are joined.
-        secret = self._binding.client_secret or ""
-        pair = f"{quote(self._binding.client_id, safe='')}:{quote(secret, safe='')}"
-        return "Basic " + base64.b64encode(pair.encode()).decode()
-
     # -- verification ------------------------------------------------------------------
 
     def _verify(self, token: str) -> float:
@@ -188,7 +175,7 @@ class XsuaaHop:
         if header.get("alg") != ALGORITHM:
             raise _Refused("xsuaa_alg_not_allowed")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+        if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
             raise _Refused("xsuaa_kid_bad")
         key = self._key(kid)
         if key is None:
@@ -223,22 +210,7 @@ class XsuaaHop:
         )
 
     def _key(self, kid: str) -> Key | None:
-        now = self._clock()
-        key = self._keys.get(kid)
-        if key is not None and now - self._keys_fetched_at < JWKS_TTL_SECONDS:
-            return key
-        with self._keys_lock:
-            now = self._clock()
-            stale = now - self._keys_fetched_at >= JWKS_TTL_SECONDS
-            # An unknown kid refetches at most once per interval: made-up kids from a
-            # broken answer must not turn into a flood of calls.
-            if stale or now - self._keys_refetched_at >= JWKS_REFETCH_INTERVAL_SECONDS:
-                self._keys_refetched_at = now
-                fetched = self._fetch_keys()
-                if fetched:
-                    self._keys = fetched
-                    self._keys_fetched_at = now
-            return self._keys.get(kid)
+        return self._key_set.key(kid, self._fetch_keys, self._clock())
 
     def _fetch_keys(self) -> dict[str, Key]:
         answer = http.call(
@@ -246,37 +218,17 @@ class XsuaaHop:
         )
         document = answer.json() if answer.status == 200 else None
         entries = document.get("keys") if isinstance(document, Mapping) else None
-        if not isinstance(entries, list):
-            logger.error("XSUAA token_keys answered %d without a key set", answer.status)
-            return {}
-        keys: dict[str, Key] = {}
-        for entry in entries:
-            if (
-                isinstance(entry, dict)
-                and entry.get("kty") == "RSA"
-                and entry.get("alg", ALGORITHM) == ALGORITHM
-                and isinstance(entry.get("kid"), str)
-            ):
-                try:
-                    keys[entry["kid"]] = _construct(entry)
-                except (JOSEError, ValueError, TypeError):
-                    logger.warning("XSUAA token_keys holds an unusable key; skipped")
+        keys = rsa_signing_keys(entries, "XSUAA") if isinstance(entries, list) else {}
+        if not keys:
+            logger.error("XSUAA token_keys answered %d without a usable key", answer.status)
+            raise IASRefused("The XSUAA service's token keys are unusable", reason="xsuaa_keys_bad")
         return keys
-
-
-def _construct(entry: dict[str, Any]) -> Key:
-    # XSUAA lists each key both as JWK numbers and as a PEM "value"; either will do.
-    if "n" in entry and "e" in entry:
-        return jwk.construct(entry, ALGORITHM)
-    return jwk.construct(entry["value"], ALGORITHM)
 
 
 def _token_of(answer: http.Answer) -> str:
     body = answer.json()
     if answer.status != 200:
-        code = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
-            code = f"status_{answer.status}"
+        code = http.error_code(answer) or f"status_{answer.status}"
         raise _Refused(f"xsuaa_refused_{code}")
     token = body.get("access_token") if isinstance(body, dict) else None
     if not isinstance(token, str) or token.count(".") != 2:
