@@ -12,18 +12,21 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask_caching.backends.base import BaseCache
 
-from .redis_cache import SafeRedisCache
 from .sealing import Sealer
 from .verify import unverified_claims
+
+if TYPE_CHECKING:
+    from .redis_cache import SafeRedisCache
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -38,7 +41,7 @@ class Entry:
     on passthrough); it is empty for a negative entry (``denied``: IAS refused the token).
     """
 
-    token: str
+    token: str = field(repr=False)
     not_after: float
     denied: bool = False
     passthrough: bool = False
@@ -73,6 +76,18 @@ class Entry:
         return entry
 
 
+def shared_backend(backend: BaseCache) -> SafeRedisCache | None:
+    """``backend`` if it is our Redis backend, else ``None``.
+
+    redis is an optional dependency: the module that needs it is looked for only among the
+    loaded ones, since a SafeRedisCache cannot exist unless it was loaded.
+    """
+    module = sys.modules.get("flask_ias_pkce.redis_cache")
+    if module is not None and isinstance(backend, module.SafeRedisCache):
+        return cast("SafeRedisCache", backend)
+    return None
+
+
 class _Flight:
     __slots__ = ("done", "entry", "error")
 
@@ -91,6 +106,10 @@ class TokenCache:
     :param clock: seconds since the epoch; injectable so tests control expiry.
     :param wait_timeout: how long a request waits for another one's exchange before it
         does its own (the exchange's own worst case).
+    :param scope: names what the entries depend on besides the token (the settings that
+        decide whether a token is accepted and which token is kept), so that apps or
+        versions of one app with other settings never serve each other's entries from a
+        shared cache.
     """
 
     def __init__(
@@ -101,8 +120,10 @@ class TokenCache:
         l1_size: int,
         clock: Callable[[], float],
         wait_timeout: float,
+        scope: str = "",
     ) -> None:
         self.backend = backend
+        self._scope = scope
         self.sealer = sealer
         self._l1: dict[str, Entry] = {}
         self._l1_size = max(0, l1_size)
@@ -111,11 +132,12 @@ class TokenCache:
         self._wait_timeout = wait_timeout
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
-        self._shared = isinstance(backend, SafeRedisCache)
 
-    def key(self, token: str) -> str:
-        """The cache key of a public token."""
-        return self.sealer.cache_key(token)
+    def key(self, token: str, *, purpose: str = "exchange") -> str:
+        """The cache key of ``token`` for ``purpose``, within this cache's scope."""
+        return self.sealer.cache_key(
+            token, purpose=f"{purpose}-{self._scope}" if self._scope else purpose
+        )
 
     def get(self, key: str) -> Entry | None:
         """The entry for ``key`` if one is still valid now: in process first, then shared."""
@@ -183,6 +205,11 @@ class TokenCache:
                     return flight.entry, False
             return compute(), True
         try:
+            # The previous flight for this key may have ended between our miss and now.
+            entry = self.get(key)
+            if entry is not None:
+                flight.entry = entry
+                return entry, False
             entry, computed = self._compute_once_across_processes(key, compute)
             flight.entry = entry
             return entry, computed
@@ -197,8 +224,8 @@ class TokenCache:
     def _compute_once_across_processes(
         self, key: str, compute: Callable[[], Entry]
     ) -> tuple[Entry, bool]:
-        backend = self.backend
-        if not isinstance(backend, SafeRedisCache):
+        backend = shared_backend(self.backend)
+        if backend is None:
             return compute(), True
         lock_key = key + ":lock"
         # The lock outlives a stalled holder by little; keep_alive renews it meanwhile.

@@ -6,6 +6,8 @@ raised when the app starts, never at its first request.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +40,24 @@ class Settings:
     negative_ttl: int
     l1_size: int
     bindings: Bindings
+
+    def cache_scope(self) -> str:
+        """A short name of the settings that decide whether a token is accepted and which
+        token an entry holds: part of every cache key, so that apps (or versions of one
+        app) with other settings never serve each other's entries from a shared cache."""
+        xsuaa = self.bindings.xsuaa
+        material = json.dumps(
+            [
+                self.bindings.identity.client_id,
+                sorted(self.bindings.identity.domains),
+                sorted(self.accepted_audiences),
+                self.xsuaa_client_id,
+                xsuaa.client_id if xsuaa is not None else None,
+                self.use_token,
+                self.passthrough,
+            ]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:12]
 
 
 def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:

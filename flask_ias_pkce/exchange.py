@@ -49,13 +49,11 @@ class ExchangeClient:
         self._binding = binding
         self._policy = policy
         self._use_token = use_token
-        if session is None:
-            session = (
-                http.new_session(binding.certificate, binding.key)
-                if binding.uses_certificate
-                else http.new_session()
-            )
-        self.session = session
+        self.session = session or (
+            http.new_session(binding.certificate, binding.key)
+            if binding.uses_certificate
+            else http.new_session()
+        )
 
     def exchange(self, assertion: str, *, issuer: str, app_tid: str | None) -> str:
         """Exchange ``assertion`` at the token endpoint of ``issuer`` and return the token

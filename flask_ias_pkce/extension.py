@@ -4,12 +4,16 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
+from urllib.parse import urlsplit
 
 import requests
 from flask import Blueprint, Flask, Request, current_app, g, request
@@ -17,6 +21,7 @@ from flask_caching import Cache
 from flask_caching.backends.base import BaseCache
 from flask_caching.backends.nullcache import NullCache
 from flask_caching.backends.simplecache import SimpleCache
+from werkzeug.utils import ImportStringError, import_string
 
 from . import http, signals
 from .bearer import bearer_credentials
@@ -43,21 +48,13 @@ OPTIONAL: Final = "optional"
 
 _SAFE_REDIS = "flask_ias_pkce.redis_cache.SafeRedisCache"
 _REDIS_ALIASES = frozenset({"RedisCache", "SafeRedisCache", _SAFE_REDIS})
-# Flask-Caching's Redis backends unpickle what they read: whoever can write to that Redis
-# could run code in the app. They are refused for our cache.
-_PICKLING_REDIS = frozenset(
-    {
-        "redis",
-        "rediscluster",
-        "redissentinel",
-        "RedisClusterCache",
-        "RedisSentinelCache",
-        "flask_caching.backends.RedisCache",
-        "flask_caching.backends.rediscache.RedisCache",
-        "flask_caching.backends.RedisClusterCache",
-        "flask_caching.backends.RedisSentinelCache",
-    }
-)
+# The only backends the token cache may use: SimpleCache and NullCache keep nothing outside
+# the process, and SafeRedisCache has no serializer at all. Every other Flask-Caching
+# backend (Redis, Redis Sentinel and Cluster, Memcached, FileSystem, ...) unpickles what it
+# reads, so whoever can write to its store could run code in the app. An allowlist of
+# backend classes, checked on the built instance: a denylist of CACHE_TYPE strings missed
+# import paths, aliases and the host's own Cache.
+_IN_PROCESS_BACKENDS: Final = (SimpleCache, NullCache)
 # Flask-Caching reads these itself; setting each keeps the host's CACHE_* out of our cache.
 _CACHE_DEFAULTS: Final = {
     "CACHE_TYPE": "SimpleCache",
@@ -70,6 +67,12 @@ _CACHE_DEFAULTS: Final = {
     "CACHE_NO_NULL_WARNING": True,
     "CACHE_SOURCE_CHECK": False,
     "CACHE_REDIS_URL": None,
+    "CACHE_SERIALIZER": None,
+    "CACHE_ENABLE_SIGNALS": False,
+    "CACHE_HASH_METHOD": hashlib.sha256,
+    "CACHE_DIR": None,
+    "CACHE_FILE_HASH_METHOD": hashlib.sha256,
+    "CACHE_MEMCACHED_SERVERS": None,
 }
 
 
@@ -131,15 +134,22 @@ class IASPKCE:
             clock=self._clock,
         )
         verifier = TokenVerifier(
-            keys, domains=bindings.identity.domains, leeway=settings.leeway, clock=self._clock
+            keys,
+            domains=bindings.identity.domains,
+            leeway=settings.leeway,
+            clock=self._clock,
+            # An issuer may name no port, 443, or the binding URL's own port; no other.
+            ports=(None, 443, urlsplit(bindings.identity.url).port),
         )
-        backend = cache.cache if cache is not None else _own_cache(app, bindings)
+        backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
         token_cache = TokenCache(
             backend,
             _sealer(app, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
-            wait_timeout=policy.worst_case_seconds(),
+            # A miss may take discovery, JWKS and the exchange, each up to the worst case.
+            wait_timeout=3 * policy.worst_case_seconds(),
+            scope=settings.cache_scope(),
         )
         xsuaa_hop = (
             XsuaaHop(
@@ -226,7 +236,7 @@ class IASPKCE:
         mark = self._view_marks.get(app.view_functions.get(endpoint))  # type: ignore[arg-type]
         if mark is not None:
             return mark
-        if endpoint == "static" or endpoint.endswith(".static"):
+        if _serves_static_files(app, endpoint):
             return SKIP
         # Innermost blueprint first: a nested blueprint's own mark beats its parent's.
         for name in request.blueprints:
@@ -244,7 +254,7 @@ class IASPKCE:
             return
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
-        if current.method == "OPTIONS" and _is_preflight_or_automatic():
+        if current.method == "OPTIONS" and _is_automatic_options(current):
             return
         mode = self._mode(state, current)
         if mode == SKIP:
@@ -346,12 +356,34 @@ def _report_refusal(error: IASPKCEError, duration: float) -> None:
         signal.send(_app(), reason=error.reason, error=error.error, status=code, duration=duration)
 
 
-def _is_preflight_or_automatic() -> bool:
-    # A CORS preflight carries no credentials, and an OPTIONS answered by Flask itself
-    # runs no view; an OPTIONS handled by a view of its own is protected like any method.
-    rule = request.url_rule
-    return "Access-Control-Request-Method" in request.headers or bool(
-        getattr(rule, "provide_automatic_options", False)
+def _is_automatic_options(current: Request) -> bool:
+    """Whether Flask answers this OPTIONS itself, running no view (a CORS preflight to an
+    ordinary view included). A view that declares OPTIONS is protected like any method,
+    preflight or not: its author handles CORS there, and the view runs."""
+    return bool(getattr(current.url_rule, "provide_automatic_options", False))
+
+
+def _serves_static_files(app: Flask, endpoint: str) -> bool:
+    """Whether ``endpoint`` is Flask's own route to the app's or a blueprint's static
+    folder. Decided by the view function, not by the name: a view of the user's that is
+    merely called ``static`` is protected like any other."""
+    view = app.view_functions.get(endpoint)
+    if view is None:
+        return False
+    # A blueprint's static route is its bound ``send_static_file``, under "<name>.static".
+    owner = getattr(view, "__self__", None)
+    if isinstance(owner, Blueprint | Flask):
+        return (
+            owner.has_static_folder
+            and endpoint.rpartition(".")[2] == "static"
+            and view == owner.send_static_file
+        )
+    # The app's static route is a lambda of Flask's own calling ``send_static_file`` (it
+    # holds the app by weak reference): endpoint "static", defined in Flask's module.
+    return (
+        endpoint == "static"
+        and app.has_static_folder
+        and getattr(view, "__module__", None) == Flask.__module__
     )
 
 
@@ -363,18 +395,34 @@ class _CurrentTokenAuth(requests.auth.AuthBase):
         return prepared
 
 
+def _host_backend(app: Flask, cache: Cache) -> BaseCache:
+    """The backend of the host's ``cache`` on this ``app``, if it is one we may use."""
+    # Not ``cache.cache``: outside an app context that is the backend of the last app the
+    # Cache was initialised on, which need not be this one.
+    backend = app.extensions.get("cache", {}).get(cache)
+    if backend is None:
+        raise ConfigError(
+            "init_app(app, cache=...) takes a flask_caching.Cache already initialised on "
+            "this app: call cache.init_app(app) first"
+        )
+    _check_backend(backend, "The Cache passed to init_app(app, cache=...)")
+    return backend  # type: ignore[no-any-return]
+
+
 def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
     config = dict(_CACHE_DEFAULTS)
     for key, value in app.config.items():
         if key.startswith("IAS_PKCE_CACHE_") and key != "IAS_PKCE_CACHE_SECRET":
             config[key.removeprefix("IAS_PKCE_")] = value
     cache_type = config["CACHE_TYPE"]
-    if cache_type in _PICKLING_REDIS:
-        raise ConfigError(
-            f"IAS_PKCE_CACHE_TYPE {cache_type!r} unpickles what it reads from Redis; "
-            'use "RedisCache", which selects flask-ias-pkce\'s safe Redis backend'
-        )
+    if not isinstance(cache_type, str):
+        raise ConfigError("IAS_PKCE_CACHE_TYPE must be the name or import path of a backend")
     if cache_type in _REDIS_ALIASES:
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError(
+                "IAS_PKCE_CACHE_TYPE RedisCache needs the redis package: "
+                "pip install 'flask-ias-pkce[redis]'"
+            )
         config["CACHE_TYPE"] = _SAFE_REDIS
         config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
         if not config["CACHE_REDIS_URL"]:
@@ -382,9 +430,57 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
                 "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
                 "and no bound Redis service"
             )
+    else:
+        # Refused before it is built when the name is a class: no connection, no files.
+        factory = _backend_factory(cache_type)
+        if isinstance(factory, type) and not _trusted(factory):
+            raise ConfigError(_refusal(_class_name(factory), f"IAS_PKCE_CACHE_TYPE {cache_type!r}"))
     cache = Cache(config=config, with_jinja2_ext=False)
     cache.init_app(app, config=config)
-    return cache.cache
+    backend: BaseCache = app.extensions["cache"][cache]
+    # The instance decides: a factory function can build anything.
+    _check_backend(backend, f"IAS_PKCE_CACHE_TYPE {cache_type!r}")
+    return backend
+
+
+def _backend_factory(cache_type: str) -> object:
+    """What Flask-Caching will import for ``cache_type`` (same rule as its ``_set_cache``)."""
+    path = cache_type if "." in cache_type else f"flask_caching.backends.{cache_type}"
+    try:
+        return import_string(path)
+    except ImportStringError:
+        raise ConfigError(
+            f"IAS_PKCE_CACHE_TYPE {cache_type!r} names no cache backend that can be imported; "
+            'use "SimpleCache" (the default) or "RedisCache" for flask-ias-pkce\'s safe '
+            "Redis backend"
+        ) from None
+
+
+def _trusted(kind: type) -> bool:
+    if issubclass(kind, _IN_PROCESS_BACKENDS):
+        return True
+    # redis is optional: our Redis backend can only be in use if its module was loaded.
+    module = sys.modules.get("flask_ias_pkce.redis_cache")
+    return module is not None and issubclass(kind, module.SafeRedisCache)
+
+
+def _check_backend(backend: object, source: str) -> None:
+    if not _trusted(type(backend)):
+        raise ConfigError(_refusal(_class_name(type(backend)), source))
+
+
+def _class_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _refusal(backend: str, source: str) -> str:
+    return (
+        f"{source} selects the cache backend {backend}, which flask-ias-pkce refuses: it "
+        "unpickles what it reads, so whoever can write to its store could run code in this "
+        "app. Only SimpleCache, NullCache and flask-ias-pkce's SafeRedisCache (and their "
+        'subclasses) are accepted: use IAS_PKCE_CACHE_TYPE="RedisCache" for the safe '
+        "Redis backend"
+    )
 
 
 def _sealer(app: Flask, backend: BaseCache) -> Sealer:

@@ -65,7 +65,7 @@ class Authenticator:
         settings = self.settings
         public = self.verifier.verify(public_token, audience=self._audiences)
         if settings.passthrough and settings.xsuaa_client_id in audiences(public.claims):
-            entry = Entry(public_token, public.expires_at - settings.leeway, passthrough=True)
+            entry = Entry(public_token, self._not_after(public.expires_at), passthrough=True)
             self.cache.put(key, entry)
             return entry
         app_tid = public.claims.get("app_tid")
@@ -78,8 +78,9 @@ class Authenticator:
         except InvalidToken:
             # IAS refused the assertion: remember that briefly, so that a replayed bad
             # token is refused here instead of being sent to IAS again.
-            not_after = min(self._clock() + settings.negative_ttl, public.expires_at)
-            self.cache.put(key, Entry("", not_after, denied=True))
+            # Not capped at the token's expiry: the entry only ever refuses, and an expired
+            # token that IAS refused must not be sent to IAS again on every request.
+            self.cache.put(key, Entry("", self._clock() + settings.negative_ttl, denied=True))
             # The refusal itself is logged once, by whoever answers the request.
             logger.debug("IAS refused the assertion; remembered for %d s", settings.negative_ttl)
             raise
@@ -96,7 +97,14 @@ class Authenticator:
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_subject"
             )
-        not_after = min(public.expires_at, exchanged.expires_at) - settings.leeway
-        entry = Entry(exchanged_token, not_after)
+        entry = Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
         self.cache.put(key, entry)
         return entry
+
+    def _not_after(self, *expiries: float) -> float:
+        """Until when an entry is served: the earliest expiry less the leeway. A token
+        already within the leeway of its expiry is kept until that expiry itself (never
+        after it) rather than exchanged again on every request of its last minute."""
+        earliest = min(expiries)
+        with_margin = earliest - self.settings.leeway
+        return with_margin if with_margin > self._clock() else earliest

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from .constants import (
     JWKS_REFETCH_INTERVAL_SECONDS,
     JWKS_TTL_SECONDS,
 )
-from .errors import IASPKCEError, IASRefused, InvalidToken
+from .errors import IASPKCEError, IASRefused, IASUnavailable, InvalidToken
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -42,12 +43,24 @@ _LABEL = re.compile(r"[a-z0-9-]{1,63}")
 KID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 #: Header parameters whose meaning we would have to understand (RFC 7515 4.1.11).
 _REFUSED_HEADERS = frozenset({"crit"})
-#: At most this many issuers (tenants) keep their keys in memory.
-_MAX_ISSUERS = 256
+#: At most this many key sets (issuer, tenant, client) are kept in memory.
+_MAX_KEY_SETS = 256
+#: New key sets made per issuer and minute, at most (each costs calls to IAS).
+NEW_KEY_SETS_PER_MINUTE = 30
 
 
 def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _canonical(segment: str) -> bool:
+    # The last character of a base64url segment can carry unused bits: without this, one
+    # token could be written several ways, each a separate cache key and exchange.
+    try:
+        decoded = _b64decode(segment)
+    except (ValueError, binascii.Error):
+        return False
+    return base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() == segment
 
 
 def _json_object(segment: str) -> dict[str, Any]:
@@ -65,12 +78,15 @@ def unverified_claims(token: str) -> dict[str, Any]:
     return _json_object(token.split(".")[1])
 
 
-def issuer_origin(issuer: object, domains: Collection[str]) -> str:
+def issuer_origin(
+    issuer: object, domains: Collection[str], ports: Collection[int | None] = (None, 443)
+) -> str:
     """Return ``https://host[:port]`` of a trusted issuer, or raise ``InvalidToken``.
 
-    Trusted: https, no user info, query or fragment, no path but ``/``, and a host equal to
-    one of the binding's ``domains`` or exactly one label below it (the tenant). The port
-    plays no part in the decision (DESIGN.md).
+    Trusted: https, no user info, query or fragment, no path but ``/``, a host equal to one
+    of the binding's ``domains`` or exactly one label below it (the tenant), and no port
+    but one of ``ports`` (the default, 443, and the binding URL's own): the host decides
+    trust, and a port of the token's choosing must not point our calls anywhere else.
     """
     if not isinstance(issuer, str) or len(issuer) > 512:
         raise InvalidToken("The token's issuer is not trusted", reason="issuer_untrusted")
@@ -87,10 +103,11 @@ def issuer_origin(issuer: object, domains: Collection[str]) -> str:
         or parts.query
         or parts.fragment
         or parts.path not in ("", "/")
+        or port not in ports
         or not _host_trusted(host, domains)
     ):
         raise InvalidToken("The token's issuer is not trusted", reason="issuer_untrusted")
-    return f"https://{host}" + (f":{port}" if port else "")
+    return f"https://{host}" + (f":{port}" if port not in (None, 443) else "")
 
 
 def _host_trusted(host: str, domains: Collection[str]) -> bool:
@@ -234,8 +251,15 @@ def rsa_signing_keys(entries: list[Any], source: str) -> dict[str, Key]:
 
 
 class JWKSCache:
-    """The signing keys of each trusted issuer, found through OIDC discovery; one
-    :class:`KeySet` per issuer (tenant)."""
+    """The signing keys of each trusted issuer, found through OIDC discovery.
+
+    IAS answers its JWKS per tenant and client (``x-app_tid``, ``x-azp``) and refuses one
+    that the client may not see, so there is one :class:`KeySet` per issuer, tenant and
+    ``azp``: a key set fetched for one tenant never vouches for another's token, and a
+    fetch that fails for one never holds up the others. The sets are kept least recently
+    used first out; new ones are made at most :data:`NEW_KEY_SETS_PER_MINUTE` times a
+    minute per issuer, since an unsigned token can name any tenant.
+    """
 
     def __init__(
         self,
@@ -249,26 +273,46 @@ class JWKSCache:
         self._policy = policy
         self._client_id = client_id
         self._clock = clock
-        self._issuers: dict[str, KeySet] = {}
+        self._key_sets: OrderedDict[tuple[str, str | None, str | None], KeySet] = OrderedDict()
+        self._created: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def key(self, issuer: str, kid: str, claims: Mapping[str, Any]) -> Key | None:
-        """The key ``kid`` of ``issuer`` (an origin that passed the trust check), or None."""
-        return self._key_set(issuer).key(kid, lambda: self._fetch(issuer, claims), self._clock())
-
-    def _key_set(self, issuer: str) -> KeySet:
-        key_set = self._issuers.get(issuer)
-        if key_set is None:
-            with self._lock:
-                key_set = self._issuers.get(issuer)
-                if key_set is None:
-                    if len(self._issuers) >= _MAX_ISSUERS:
-                        self._issuers.pop(next(iter(self._issuers)))
-                    key_set = self._issuers[issuer] = KeySet(issuer)
-        return key_set
-
-    def _fetch(self, issuer: str, claims: Mapping[str, Any]) -> dict[str, Key]:
+        """The key ``kid`` of ``issuer`` (an origin that passed the trust check) for a token
+        with ``claims``, or None."""
         headers = self.headers(claims)
+        scope = (issuer, headers.get("x-app_tid"), headers.get("x-azp"))
+        return self._key_set(scope).key(kid, lambda: self._fetch(issuer, headers), self._clock())
+
+    def _key_set(self, scope: tuple[str, str | None, str | None]) -> KeySet:
+        with self._lock:
+            key_set = self._key_sets.get(scope)
+            if key_set is not None:
+                self._key_sets.move_to_end(scope)
+                return key_set
+            self._count_new(scope[0])
+            if len(self._key_sets) >= _MAX_KEY_SETS:
+                self._key_sets.popitem(last=False)
+            key_set = self._key_sets[scope] = KeySet(scope[0])
+            return key_set
+
+    def _count_new(self, issuer: str) -> None:
+        now = self._clock()
+        created = self._created.get(issuer)
+        if created is None:
+            if len(self._created) >= _MAX_KEY_SETS:
+                self._created.popitem(last=False)
+            created = self._created[issuer] = deque(maxlen=NEW_KEY_SETS_PER_MINUTE)
+        if len(created) == NEW_KEY_SETS_PER_MINUTE and now - created[0] < 60:
+            logger.warning("Too many new tenants or clients for %s; refused for now", issuer)
+            raise IASUnavailable(
+                "Too many new tenants at once; try again shortly",
+                reason="jwks_new_key_sets_limited",
+                retry_after=int(60 - (now - created[0])) + 1,
+            )
+        created.append(now)
+
+    def _fetch(self, issuer: str, headers: Mapping[str, str]) -> dict[str, Key]:
         return self.fetch_keys(issuer, self.discover(issuer, headers), headers)
 
     def headers(self, claims: Mapping[str, Any]) -> dict[str, str]:
@@ -332,12 +376,14 @@ class TokenVerifier:
         domains: Collection[str],
         leeway: float,
         clock: Callable[[], float],
+        ports: Collection[int | None] = (None, 443),
     ) -> None:
         if RSAKey.__module__ != "jose.backends.cryptography_backend":
             # python-jose's pure-Python RSA fallback has had timing side channels.
             raise RuntimeError("python-jose must use the cryptography backend")
         self._keys = keys
         self._domains = tuple(domain.lower() for domain in domains)
+        self._ports = frozenset(ports)
         self._leeway = leeway
         self._clock = clock
 
@@ -350,7 +396,9 @@ class TokenVerifier:
         the token must come from exactly this origin (for the exchanged token).
         Raises :class:`~flask_ias_pkce.errors.InvalidToken` for any failed check.
         """
-        header_segment, payload_segment, _ = token.split(".")
+        header_segment, payload_segment, signature_segment = token.split(".")
+        if not all(map(_canonical, (header_segment, payload_segment, signature_segment))):
+            raise InvalidToken("The token is not a well-formed JWT", reason="not_canonical")
         header = _json_object(header_segment)
         if header.get("alg") != ALGORITHM:
             raise InvalidToken("The token's algorithm is not allowed", reason="alg_not_allowed")
@@ -360,7 +408,7 @@ class TokenVerifier:
         if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
             raise InvalidToken("The token's key id is missing or malformed", reason="kid_bad")
         claims = _json_object(payload_segment)
-        origin = issuer_origin(claims.get("ias_iss", claims.get("iss")), self._domains)
+        origin = issuer_origin(claims.get("ias_iss", claims.get("iss")), self._domains, self._ports)
         if issuer is not None and origin != issuer:
             raise InvalidToken("The token's issuer is not trusted", reason="issuer_mismatch")
         expires = check_times(claims, now=self._clock(), leeway=self._leeway)

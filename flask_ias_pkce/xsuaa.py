@@ -102,13 +102,11 @@ class XsuaaHop:
         self._leeway = leeway
         self._clock = clock
         self._app_tid = app_tid
-        if session is None:
-            session = (
-                http.new_session(binding.certificate, binding.key)
-                if self.uses_certificate
-                else http.new_session()
-            )
-        self.session = session
+        self.session = session or (
+            http.new_session(binding.certificate, binding.key)
+            if self.uses_certificate
+            else http.new_session()
+        )
         self._key_set = KeySet("XSUAA")
 
     def __call__(self, context: TokenContext) -> str:
@@ -118,7 +116,7 @@ class XsuaaHop:
         :raises ~flask_ias_pkce.errors.IASUnavailable: XSUAA cannot be reached.
         :raises ~flask_ias_pkce.errors.IASTimeout: XSUAA did not answer in time.
         """
-        key = self._cache.sealer.cache_key(context.token, purpose=CACHE_PURPOSE)
+        key = self._cache.key(context.token, purpose=CACHE_PURPOSE)
         entry = self._cache.get(key)
         if entry is None:
             entry, _ = self._cache.get_or_compute(key, lambda: self._obtain(key, context))

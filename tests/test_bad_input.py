@@ -77,6 +77,12 @@ def embedded_jwk(ias: IASEmulator) -> str:
     )
 
 
+def non_canonical(token: str) -> str:
+    # An RS256 signature leaves 4 unused bits in its last base64url character.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return token[:-1] + alphabet[alphabet.index(token[-1]) ^ 1]
+
+
 def retired_key(ias: IASEmulator) -> str:
     old = ias.current_kid
     ias.rotate_keys(retire_old=True)
@@ -268,6 +274,18 @@ CASES = [
     Case(
         "iss with a path",
         token(lambda ias: signed(ias, iss="https://evil.example/localhost")),
+        401,
+        INVALID,
+    ),
+    Case(
+        "iss on another port",
+        token(lambda ias: signed(ias, iss="https://localhost:1")),
+        401,
+        INVALID,
+    ),
+    Case(
+        "signature not canonical base64url",
+        token(lambda ias: non_canonical(signed(ias))),
         401,
         INVALID,
     ),

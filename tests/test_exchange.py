@@ -168,3 +168,45 @@ def test_exchanged_token_for_another_subject_is_refused(ias_emulator: IASEmulato
 
     assert answer.status_code == 502
     assert "someone-else" not in answer.get_data(as_text=True)
+
+
+def test_token_in_its_last_minute_is_exchanged_once(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator).test_client()
+    token = ias_emulator.issue_public_token(exp=int(time.time()) + 30)
+
+    answers = [client.get("/api/me", headers=bearer(token)) for _ in range(5)]
+
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert len(ias_emulator.exchanges) == 1
+
+
+def test_expired_token_refused_by_ias_is_not_sent_again(ias_emulator: IASEmulator) -> None:
+    # Within the leeway our check accepts it; IAS refuses it; the refusal is remembered.
+    client = build_app(ias_emulator).test_client()
+    token = ias_emulator.issue_public_token(exp=int(time.time()) - 30)
+
+    answers = [client.get("/api/me", headers=bearer(token)) for _ in range(5)]
+
+    assert [answer.status_code for answer in answers] == [401] * 5
+    assert len(ias_emulator.exchanges) == 1
+
+
+def test_other_spellings_of_one_token_are_refused(ias_emulator: IASEmulator) -> None:
+    # base64url's last character can carry unused bits: 16 spellings of one signature.
+    client = build_app(ias_emulator).test_client()
+    token = ias_emulator.issue_public_token()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    variants = [token[:-1] + alphabet[(last & ~0b1111) | low] for low in range(16)]
+
+    statuses = [client.get("/api/me", headers=bearer(variant)).status_code for variant in variants]
+
+    assert statuses.count(200) == 1
+    assert statuses.count(401) == 15
+    assert len(ias_emulator.exchanges) == 1
+
+
+def test_cache_entry_repr_hides_the_token() -> None:
+    from flask_ias_pkce.cache import Entry
+
+    assert "secret.token.value" not in repr(Entry("secret.token.value", 1.0))

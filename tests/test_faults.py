@@ -172,7 +172,9 @@ def relay(ias_emulator: IASEmulator) -> Iterator[_Relay]:
     relay = _Relay(int(ias_emulator.url.rsplit(":", 1)[1]))
     relay.open()
     # The relay's origin is the issuer we trust; its keys are the emulator's, fetched through it.
-    ias_emulator.inject(DISCOVERY_PATH, body={"jwks_uri": relay.origin + JWKS_PATH})
+    # Key sets are per tenant and client (azp): the public and the exchanged token each
+    # discover once, and a test may fetch keys again after a failure.
+    ias_emulator.inject(DISCOVERY_PATH, body={"jwks_uri": relay.origin + JWKS_PATH}, times=20)
     yield relay
     relay.close()
 
@@ -187,7 +189,7 @@ def relayed_token(ias: IASEmulator, relay: _Relay) -> str:
 def test_refused_connection_answers_503_and_recovers_when_ias_is_back(
     ias_emulator: IASEmulator, relay: _Relay
 ) -> None:
-    app = build_app(ias_emulator, IAS_PKCE_RETRIES=2)
+    app = build_app(ias_emulator, IAS_PKCE_IAS_URL=relay.origin, IAS_PKCE_RETRIES=2)
     client = app.test_client()
     assert timed_get(app, client, relayed_token(ias_emulator, relay)).status_code == 200
 
@@ -256,7 +258,12 @@ def test_untrusted_certificate_of_ias_answers_503_without_retries(
 def test_ias_that_accepts_and_never_answers_gets_504(
     ias_emulator: IASEmulator, relay: _Relay
 ) -> None:
-    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=SHORT_TIMEOUT, IAS_PKCE_RETRIES=2)
+    app = build_app(
+        ias_emulator,
+        IAS_PKCE_IAS_URL=relay.origin,
+        IAS_PKCE_TIMEOUT=SHORT_TIMEOUT,
+        IAS_PKCE_RETRIES=2,
+    )
     client = app.test_client()
     assert timed_get(app, client, relayed_token(ias_emulator, relay)).status_code == 200
 
@@ -356,6 +363,7 @@ def test_answer_trickling_past_the_timeouts_gets_504(
     try:
         app = build_app(
             ias_emulator,
+            IAS_PKCE_IAS_URL=trickling.origin,
             IAS_PKCE_VERIFY=str(trickling.ca_file),
             IAS_PKCE_TIMEOUT=SHORT_TIMEOUT,
             IAS_PKCE_RETRIES=2,

@@ -161,12 +161,89 @@ def test_options_handled_by_a_view_is_protected(all_mode: Any) -> None:
     assert all_mode.options("/custom-options").status_code == 401
 
 
+def test_preflight_to_a_view_that_handles_options_is_protected(all_mode: Any) -> None:
+    # The view runs for this OPTIONS (its author handles CORS there): a preflight-looking
+    # request gets no pass.
+    answer = all_mode.options(
+        "/custom-options",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert answer.status_code == 401
+
+
+def test_preflight_to_an_ordinary_view_is_answered_by_flask(all_mode: Any) -> None:
+    answer = all_mode.options(
+        "/plain",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert answer.status_code == 200
+    assert answer.data == b""  # Flask's automatic OPTIONS, not the view
+    assert "GET" in answer.headers["Allow"]
+
+
 def test_static_files_are_not_challenged(ias_emulator: IASEmulator, tmp_path: Any) -> None:
     (tmp_path / "logo.txt").write_text("logo")
     app = Flask("static_app", static_folder=str(tmp_path), static_url_path="/static")
     app.config.update(emulator_config(ias_emulator))
     IASPKCE(app)
     assert app.test_client().get("/static/logo.txt").status_code == 200
+
+
+def test_a_view_merely_named_static_is_protected(ias_emulator: IASEmulator, tmp_path: Any) -> None:
+    (tmp_path / "logo.txt").write_text("logo")
+    app = Flask("static_name_app", static_folder=str(tmp_path), static_url_path="/static")
+    app.config.update(emulator_config(ias_emulator))
+    files = Blueprint("files", __name__, url_prefix="/files")  # no static folder
+
+    @files.get("/<name>")
+    def static(name: str) -> str:
+        return "secret " + name
+
+    app.register_blueprint(files)
+    IASPKCE(app)
+    client = app.test_client()
+
+    assert "files.static" in app.view_functions
+    assert client.get("/files/report").status_code == 401
+    assert client.get("/static/logo.txt").status_code == 200
+
+
+def test_a_view_named_static_in_an_app_without_static_folder_is_protected(
+    ias_emulator: IASEmulator,
+) -> None:
+    app, ext = _app(ias_emulator)  # static_folder=None
+    app.add_url_rule("/static/<path:filename>", "static", lambda filename: "secret")
+    ext.init_app(app)
+
+    assert app.test_client().get("/static/x.txt").status_code == 401
+
+
+def test_blueprint_static_files_are_not_challenged(
+    ias_emulator: IASEmulator, tmp_path: Any
+) -> None:
+    (tmp_path / "style.css").write_text("body {}")
+    app, ext = _app(ias_emulator)
+    parent = Blueprint("parent", __name__, url_prefix="/parent")
+    assets = Blueprint(
+        "assets",
+        __name__,
+        url_prefix="/assets",
+        static_folder=str(tmp_path),
+        static_url_path="/static",
+    )
+
+    @assets.get("/page")
+    def page() -> str:
+        return "page"
+
+    parent.register_blueprint(assets)
+    app.register_blueprint(parent)
+    ext.init_app(app)
+    client = app.test_client()
+
+    assert "parent.assets.static" in app.view_functions
+    assert client.get("/parent/assets/static/style.css").status_code == 200
+    assert client.get("/parent/assets/page").status_code == 401
 
 
 def test_class_based_view_can_be_exempt(ias_emulator: IASEmulator) -> None:

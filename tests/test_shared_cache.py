@@ -179,9 +179,10 @@ def test_values_planted_in_redis_are_never_trusted(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = build_app(ias_emulator, **redis_config(redis_server)).test_client()
+    app = build_app(ias_emulator, **redis_config(redis_server))
+    client = app.test_client()
     token = ias_emulator.issue_public_token()
-    key = Sealer(SECRET).cache_key(token)
+    key = app.extensions["ias_pkce"].authenticator.cache.key(token)
     forged = Entry("forged.token.value", 4_102_444_800.0).to_bytes()
     marker = tmp_path / "unpickled"
     _Marker.path = str(marker)
@@ -217,7 +218,17 @@ def test_short_secret_is_refused(ias_emulator: IASEmulator, redis_server: RedisS
         build_app(ias_emulator, **redis_config(redis_server, IAS_PKCE_CACHE_SECRET="short"))
 
 
-@pytest.mark.parametrize("cache_type", ["redis", "flask_caching.backends.RedisCache"])
+@pytest.mark.parametrize(
+    "cache_type",
+    [
+        "flask_caching.backends.RedisCache",
+        "flask_caching.backends.rediscache.RedisCache",
+        "flask_caching.backends.rediscache.RedisSentinelCache",
+        "flask_caching.backends.rediscache.RedisClusterCache",
+        "RedisSentinelCache",
+        "RedisClusterCache",
+    ],
+)
 def test_pickling_redis_backends_are_refused(
     cache_type: str, ias_emulator: IASEmulator, redis_server: RedisServer
 ) -> None:
@@ -270,4 +281,4 @@ def test_host_cache_config_does_not_leak_into_ours(
     )
     app.test_client().get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
     [name] = redis_server.client().keys("*")
-    assert name.startswith(b"iaspkce:exchange:")
+    assert name.startswith(b"iaspkce:exchange-")
