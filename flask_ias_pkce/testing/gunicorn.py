@@ -7,8 +7,11 @@ cache) need real processes; this starts them the way a deployment does, with the
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,12 +94,20 @@ class GunicornServer:
     def start(self) -> Self:
         """Start gunicorn and wait until ``ready_path`` answers."""
         self.process = subprocess.Popen(  # noqa: S603 - a command line of our own
-            self._command, env=self._environment, pass_fds=(self._listener.fileno(),)
+            self._command,
+            env=self._environment,
+            pass_fds=(self._listener.fileno(),),
+            # Its own process group: stop() ends the workers too, even if the master hangs.
+            start_new_session=True,
         )
+        # Also when the test run ends without stop() (an interrupted run, say).
+        atexit.register(self.stop)
         deadline = time.monotonic() + self._startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
+                code = self.process.returncode
+                self.stop()
+                raise RuntimeError(f"gunicorn exited with {code}")
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
@@ -107,14 +118,18 @@ class GunicornServer:
         raise RuntimeError(f"gunicorn did not serve {self._ready_url} within the timeout")
 
     def stop(self) -> None:
-        """Stop gunicorn (TERM, then KILL after 10 s) and close the socket."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        """Stop gunicorn and its workers (TERM, then KILL after 10 s); close the socket."""
+        process, self.process = self.process, None  # once only: a pgid may be reused later
+        if process is not None:
+            # The whole group, even when the master is gone and left workers behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         self._listener.close()
 
     def __enter__(self) -> Self:
