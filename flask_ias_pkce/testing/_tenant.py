@@ -36,6 +36,8 @@ _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 #: Claims that describe a token rather than its user: an exchange makes new ones.
+#: The key of a user in ``users`` that lists the user's XSUAA scopes (local names).
+XSUAA_SCOPES = "scopes"
 _PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", "nonce", "cnf"})
 
 Params = dict[str, list[str]]
@@ -145,6 +147,12 @@ class Tenant:
         self.xsuaa_token_lifetime = xsuaa_token_lifetime
         self.app_tid = app_tid
         self.users = {hint: dict(claims) for hint, claims in users.items()}
+        for hint, user in self.users.items():
+            scopes = user.get(XSUAA_SCOPES)
+            if scopes is not None and (
+                isinstance(scopes, str) or not all(isinstance(name, str) for name in scopes)
+            ):
+                raise ValueError(f"the {XSUAA_SCOPES!r} of user {hint!r} must be a list of strings")
         self._lock = threading.Lock()
         self._keys = [SigningKey.generate()]  # the JWKS; the last one signs
         self._retired: dict[str, SigningKey] = {}
@@ -202,7 +210,8 @@ class Tenant:
             "email": hint,
             "app_tid": self.app_tid,
             "sid": f"S-SP-{uuid.uuid4()}",
-            **user,
+            # "scopes" is the user's setting for XSUAA, not a claim IAS sends.
+            **{name: value for name, value in user.items() if name != XSUAA_SCOPES},
             "aud": self.public_client_id,
             "azp": self.public_client_id,
             "iat": now,
@@ -457,6 +466,15 @@ class Tenant:
         if form.get("client_id", self.xsuaa_client_id) != self.xsuaa_client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
 
+    def _local_scopes(self, ias: Mapping[str, Any]) -> list[str]:
+        """The user's scopes without the xsappname: the ``scopes`` of the user that the
+        token's ``email`` names in ``users``, else ``Read``. XSUAA grants scopes through
+        role collections assigned to the user; the emulator takes them as configured."""
+        email = ias.get("email")
+        user = self.users.get(email) if isinstance(email, str) else None
+        configured = user.get(XSUAA_SCOPES) if user is not None else None
+        return ["Read"] if configured is None else list(configured)
+
     def _xsuaa_token(self, request: Request, params: Params) -> Response:
         """XSUAA's jwt-bearer grant: an IAS token whose ``aud`` holds the XSUAA client id
         in, an XSUAA access token out."""
@@ -479,7 +497,7 @@ class Tenant:
             return _error_response(request, error)
         now = int(self.clock())
         user = str(ias.get("user_uuid") or ias.get("sub"))
-        scope = ["openid", f"{self.xsappname}.Read"]
+        scope = ["openid", *(f"{self.xsappname}.{name}" for name in self._local_scopes(ias))]
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
             "ext_attr": {"enhancer": "XSUAA", "subaccountid": self.app_tid, "zdn": "emulator"},
