@@ -366,9 +366,7 @@ class IASPKCE:
         )
         # Checked when each rule was added; the xsuaa hop is there when a scope rule is.
         prefix = state.xsuaa.scope_prefix if state.xsuaa is not None else None
-        return tuple(
-            rule.qualified(prefix) if rule.kind == SCOPE and prefix else rule for rule in rules
-        )
+        return tuple(rule.qualified(prefix or "") if rule.kind == SCOPE else rule for rule in rules)
 
     # -- the hook -----------------------------------------------------------------------
 

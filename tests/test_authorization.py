@@ -14,6 +14,7 @@ from flask import Blueprint, Flask
 from jose import jwt
 
 from flask_ias_pkce import IASPKCE, ConfigError, InsufficientScope, current_token, signals
+from flask_ias_pkce.authorization import claim_scopes
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, emulator_config
@@ -384,10 +385,49 @@ def test_scopes_need_the_xsappname(
     del vcap["xsuaa"][0]["credentials"]["xsappname"]
     monkeypatch.setenv("VCAP_SERVICES", json.dumps(vcap))
     app = Flask("no_xsappname")
-    app.config.update(IAS_PKCE_VERIFY=ias_emulator.ca_file)
+    app.config.update(
+        IAS_PKCE_VERIFY=ias_emulator.ca_file,
+        IAS_PKCE_ACCEPTED_AUDIENCES=[ias_emulator.public_client_id],
+    )
     ias = IASPKCE(app)
     with pytest.raises(ConfigError, match="xsappname"):
         ias.require_scopes("Read")
+
+    @app.get("/scope")
+    def scope() -> str:
+        with pytest.raises(RuntimeError, match="xsappname"):
+            current_token.has_scope("Read")
+        return "checked"
+
+    answer = app.test_client().get("/scope", headers=bearer(ias_emulator.issue_public_token()))
+    assert answer.text == "checked"
+
+
+def test_has_scope_without_xsuaa_binding(groups_client: Any, ias_emulator: IASEmulator) -> None:
+    app = groups_client.application
+
+    @app.get("/no-hop")
+    def no_hop() -> str:
+        with pytest.raises(RuntimeError, match="No XSUAA binding"):
+            current_token.has_scope("Read")
+        return "checked"
+
+    answer = groups_client.get("/no-hop", headers=bearer(ias_emulator.issue_public_token()))
+    assert answer.text == "checked"
+
+
+@pytest.mark.parametrize(
+    ("scope", "held"),
+    [
+        (["openid", "app.Read"], {"openid", "app.Read"}),
+        ("openid app.Read", {"openid", "app.Read"}),  # RFC 8693's space-separated form
+        (None, set()),
+        (3, set()),
+        (["app.Read", None], set()),
+    ],
+)
+def test_scope_claim_forms(scope: Any, held: set[str]) -> None:
+    assert claim_scopes({"scope": scope}) == frozenset(held)
 
 
 # -- scopes of the second hop --------------------------------------------------------------
