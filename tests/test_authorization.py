@@ -31,6 +31,21 @@ def challenge(answer: Any) -> dict[str, str]:
     return {name: value.strip('"') for name, value in re.findall(_PARAM, header)}
 
 
+@pytest.fixture
+def ias_emulator() -> Iterator[IASEmulator]:
+    """An emulator whose one user has no groups of its own: IAS's exchange keeps the
+    assertion's claims that the tenant does not set, so each test's token brings its
+    groups (``issue_public_token(groups=...)``) into the exchanged token."""
+    with IASEmulator(users={"tester@example.com": {"user_uuid": "7d0c3b52-0d5c"}}) as emulator:
+        yield emulator
+
+
+def token_for(ias: IASEmulator, login_hint: str) -> str:
+    """A user's public token, from the PKCE flow as a mobile app would sign in."""
+    token: str = ias.pkce_login(login_hint=login_hint)["id_token"]
+    return token
+
+
 def group_app(ias: IASEmulator, **config: Any) -> tuple[Flask, IASPKCE]:
     app = Flask("authz_app")
     app.config.update(emulator_config(ias, **config))
@@ -489,9 +504,9 @@ def test_scopes_of_the_second_hop(
 ) -> None:
     client = scopes_app(xsuaa_emulator, monkeypatch)
     prefix = xsuaa_emulator.xsuaa_binding["xsappname"] + "."
-    alice = xsuaa_emulator.issue_public_token(email="alice@example.com")
-    bob = xsuaa_emulator.issue_public_token(email="bob@example.com", groups=["Employees"])
-    carol = xsuaa_emulator.issue_public_token(email="carol@example.com")
+    alice = token_for(xsuaa_emulator, "alice@example.com")
+    bob = token_for(xsuaa_emulator, "bob@example.com")
+    carol = token_for(xsuaa_emulator, "carol@example.com")
 
     answer = client.get("/orders/list", headers=bearer(alice))
     assert answer.status_code == 200
@@ -534,8 +549,8 @@ def test_scope_checks_on_a_cache_hit_cost_no_call(
     xsuaa_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = scopes_app(xsuaa_emulator, monkeypatch)
-    alice = xsuaa_emulator.issue_public_token(email="alice@example.com")
-    carol = xsuaa_emulator.issue_public_token(email="carol@example.com")
+    alice = token_for(xsuaa_emulator, "alice@example.com")
+    carol = token_for(xsuaa_emulator, "carol@example.com")
     assert client.get("/write", headers=bearer(alice)).status_code == 200
     assert client.get("/write", headers=bearer(carol)).status_code == 403
     calls = len(xsuaa_emulator.calls)
@@ -605,7 +620,7 @@ def test_scope_refusal_signal_reason(
     def receiver(sender: Flask, *, reason: str, **extra: Any) -> None:
         received.append(reason)
 
-    carol = xsuaa_emulator.issue_public_token(email="carol@example.com")
+    carol = token_for(xsuaa_emulator, "carol@example.com")
     with signals.token_rejected.connected_to(receiver):
         assert client.get("/write", headers=bearer(carol)).status_code == 403
     assert received == ["missing_scope"]
