@@ -110,7 +110,9 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            # The socket is bound before gunicorn starts, so a worker still booting (slow
+            # on a loaded machine) shows as a read timeout, not as a refused connection.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         self.stop()
