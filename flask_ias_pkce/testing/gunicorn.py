@@ -110,9 +110,8 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            # The socket is bound before gunicorn starts, so a worker still booting (slow
-            # on a loaded machine) shows as a read timeout, not as a refused connection.
             except (requests.ConnectionError, requests.Timeout):
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
