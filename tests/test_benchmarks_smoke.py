@@ -36,6 +36,7 @@ def test_quick_run_reports_every_section() -> None:
         assert section in finished.stdout, f"{section!r} missing from:\n{output}"
     for figure in (
         "added cost, python-jose / ours",
+        "JSON view reading current_token 3 times / unprotected twin",
         "protected / bare throughput",
         "new connection / keep-alive latency",
         "NO single flight",
