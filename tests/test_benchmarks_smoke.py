@@ -17,6 +17,7 @@ SECTIONS = (
     "3 exchange (mTLS)",
     "4 burst (one fresh token)",
     "5 growth (cached tokens)",
+    "6 network (IAS 20 ms away)",
 )
 
 
@@ -39,6 +40,8 @@ def test_quick_run_reports_every_section() -> None:
         "JSON view reading current_token 3 times / unprotected twin",
         "protected / bare throughput",
         "new connection / keep-alive latency",
+        "wave exchanges",
+        "wave latency p50 / p99 ms",
         "NO single flight",
         "bytes per cached token",
     ):
