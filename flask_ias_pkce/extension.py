@@ -26,7 +26,7 @@ from . import http, signals
 from .bearer import bearer_credentials
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
 from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, MissingToken
@@ -122,6 +122,9 @@ class IASPKCE:
             app.config.setdefault(key, default)
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
+        audience_warning = foreign_audiences_warning(settings)
+        if audience_warning is not None:
+            logger.warning("%s", audience_warning)
         policy = http.HttpPolicy(
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )
