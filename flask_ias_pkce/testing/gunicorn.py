@@ -115,8 +115,7 @@ class GunicornServer:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
             except (requests.ConnectionError, requests.Timeout):
-                # Not serving yet; on a loaded machine a booting worker can also accept
-                # and answer late, which is no failure either: the deadline decides.
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
