@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from flask import g
 from werkzeug.local import LocalProxy
@@ -23,6 +23,7 @@ class TokenContext:
         or the public token itself when it already carried the XSUAA client id.
     :ivar from_cache: whether this request was served without an exchange.
     :ivar passthrough: whether the public token was used as it is.
+    :ivar claims: the claims of :attr:`token`, verified when it was obtained (read-only).
 
     ``repr()`` never shows a token.
     """
@@ -32,6 +33,7 @@ class TokenContext:
         "_public_token",
         "_xsuaa",
         "_xsuaa_entry",
+        "claims",
         "from_cache",
         "passthrough",
         "token",
@@ -47,16 +49,14 @@ class TokenContext:
     ) -> None:
         self._entry = entry
         self.token = entry.token
+        # An attribute, not a property: views read it several times per request. The
+        # entry decodes its claims once, for every request it serves.
+        self.claims: Mapping[str, Any] = entry.claims
         self.passthrough = entry.passthrough
         self._public_token = public_token
         self.from_cache = from_cache
         self._xsuaa = xsuaa
         self._xsuaa_entry: Entry | None = None
-
-    @property
-    def claims(self) -> Mapping[str, Any]:
-        """The claims of :attr:`token`, verified when it was obtained (read-only)."""
-        return self._entry.claims
 
     @property
     def public_claims(self) -> dict[str, Any]:
@@ -119,8 +119,15 @@ class TokenContext:
         )
 
 
+#: The object behind ``flask.g``, resolved in one step: ``g.get(...)`` resolves the proxy
+#: for the attribute lookup and calls a method of Flask's besides. ``current_token`` is
+#: read several times per request, so each step counts.
+resolve_g: Callable[[], Any] = g._get_current_object
+
+
 def _current() -> TokenContext | None:
-    return cast("TokenContext | None", g.get(G_ATTRIBUTE))
+    context: TokenContext | None = getattr(resolve_g(), G_ATTRIBUTE, None)
+    return context
 
 
 if TYPE_CHECKING:
