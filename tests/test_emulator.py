@@ -636,3 +636,45 @@ def test_stop_is_quick_with_open_connection_and_removes_files() -> None:
 def test_plugin_fixtures(ias_emulator: IASEmulator, public_token: str) -> None:
     claims = decode(ias_emulator, public_token, ias_emulator.public_client_id)
     assert claims["iss"] == ias_emulator.issuer
+
+
+@pytest.mark.parametrize("credential_type", ["X509_GENERATED", "SECRET"])
+def test_app_config_binds_an_app_in_one_call(credential_type: str) -> None:
+    from flask import Flask
+
+    from flask_ias_pkce import IASPKCE, current_token
+
+    with IASEmulator(credential_type=credential_type) as ias:
+        config = ias.app_config(IAS_PKCE_PROTECT="marked", leeway=30, TESTING=True)
+        app = Flask("bound")
+        app.config.update(config)
+        ext = IASPKCE(app)
+
+        @app.get("/me")
+        @ext.required
+        def me() -> dict[str, Any]:
+            return {"aud": current_token.claims["aud"]}
+
+        answer = app.test_client().get(
+            "/me", headers={"Authorization": f"Bearer {ias.issue_public_token()}"}
+        )
+        assert answer.status_code == 200, answer.json
+        assert ias.xsuaa_client_id in answer.json["aud"]
+        assert ias.exchanges[0].auth_method == (
+            "tls_client_auth" if credential_type == "X509_GENERATED" else "client_secret_basic"
+        )
+
+    assert config["IAS_PKCE_PROTECT"] == "marked"
+    assert config["IAS_PKCE_LEEWAY"] == 30
+    assert config["TESTING"] is True
+    assert config["IAS_PKCE_VERIFY"].endswith("ca.pem")
+    assert ("IAS_PKCE_CLIENT_SECRET" in config) == (credential_type == "SECRET")
+    assert ("IAS_PKCE_KEY" in config) == (credential_type == "X509_GENERATED")
+
+
+def test_app_config_accepts_the_public_client_only_when_it_is_another_app() -> None:
+    with IASEmulator() as ias:
+        own = ias.client_id == ias.public_client_id
+        assert ("IAS_PKCE_ACCEPTED_AUDIENCES" in ias.app_config()) is not own
+    with IASEmulator(public_client_id="backend-app-client-id") as ias:
+        assert "IAS_PKCE_ACCEPTED_AUDIENCES" not in ias.app_config()

@@ -349,6 +349,36 @@ class IASEmulator:
             binding["clientsecret"] = self._tenant.xsuaa_client_secret
         return binding
 
+    def app_config(self, **extra: Any) -> dict[str, Any]:
+        """The ``IAS_PKCE_*`` settings of an app bound to this emulator, for ``app.config``.
+
+        They name the tenant, the app's credentials (certificate and key, or the secret),
+        the trusted domain, the tenant id, the XSUAA client id and the emulator's CA file;
+        with a public client of its own, also the accepted audience. ``extra`` adds to
+        them or wins over them: ``app_config(IAS_PKCE_PROTECT="marked", TESTING=True)``;
+        a lower-case name is short for its ``IAS_PKCE_`` key (``protect="marked"``).
+        """
+        binding = self.binding
+        config: dict[str, Any] = {
+            "IAS_PKCE_IAS_URL": binding["url"],
+            "IAS_PKCE_CLIENT_ID": binding["clientid"],
+            "IAS_PKCE_DOMAINS": list(binding["domains"]),
+            "IAS_PKCE_APP_TID": binding["app_tid"],
+            "IAS_PKCE_XSUAA_CLIENT_ID": self.xsuaa_client_id,
+            "IAS_PKCE_VERIFY": self.ca_file,
+        }
+        if "clientsecret" in binding:
+            config["IAS_PKCE_CLIENT_SECRET"] = binding["clientsecret"]
+        else:
+            config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
+            config["IAS_PKCE_KEY"] = binding["key"]
+        if self.public_client_id != self.client_id:
+            # The default audience is the app's own client id.
+            config["IAS_PKCE_ACCEPTED_AUDIENCES"] = [self.public_client_id]
+        for name, value in extra.items():
+            config[f"IAS_PKCE_{name.upper()}" if name.islower() else name] = value
+        return config
+
     def vcap_services(self) -> dict[str, Any]:
         """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
         return {
