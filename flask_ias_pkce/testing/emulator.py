@@ -19,7 +19,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,7 @@ import requests
 from flask_ias_pkce.testing import _pki
 from flask_ias_pkce.testing._server import Request, Response, TLSServer
 from flask_ias_pkce.testing._tenant import (
+    AUTHORIZE_PATH,
     JWT_BEARER,
     TOKEN_PATH,
     XSUAA_PREFIX,
@@ -51,6 +52,22 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
 }
 #: Stands in for secrets in the call record, which ends up in assertion messages.
 _REDACTED = "<redacted>"
+
+
+def _setting_name(name: str) -> str:
+    """``protect`` is short for ``IAS_PKCE_PROTECT``; other names stay as they are."""
+    return f"IAS_PKCE_{name.upper()}" if name.islower() else name
+
+
+def _environment_text(value: Any) -> str:
+    """``value`` as an environment variable that ``from_prefixed_env`` reads back: text as
+    it is (a path stays readable), unless JSON would read it as something else."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,11 @@ class IASEmulator:
         xsuaa_token_lifetime: int = 3600,
         app_tid: str = DEFAULT_APP_TID,
         users: Mapping[str, Mapping[str, Any]] | None = None,
+        allowed_origins: Iterable[str] = (),
+        port: int = 0,
     ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be from 0 (a free one) to 65535")
         if credential_type not in ("X509_GENERATED", "SECRET"):
             raise ValueError("credential_type must be 'X509_GENERATED' or 'SECRET'")
         if xsuaa_credential_type not in ("binding-secret", "x509"):
@@ -139,7 +160,9 @@ class IASEmulator:
             xsuaa_token_lifetime=xsuaa_token_lifetime,
             app_tid=app_tid,
             users=DEFAULT_USERS if users is None else users,
+            allowed_origins=allowed_origins,
         )
+        self._port = port
         self._xsuaa_credential_type = xsuaa_credential_type
         self._lock = threading.Lock()
         self._calls: list[Call] = []
@@ -182,7 +205,7 @@ class IASEmulator:
             # Only our CA is trusted, so a certificate of another CA fails the handshake.
             context.verify_mode = ssl.CERT_OPTIONAL
             context.load_verify_locations(Path(tmpdir, "ca.pem"))
-            self._server = TLSServer(context, self._handle)
+            self._server = TLSServer(context, self._handle, self._port)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -376,8 +399,23 @@ class IASEmulator:
             # The default audience is the app's own client id.
             config["IAS_PKCE_ACCEPTED_AUDIENCES"] = [self.public_client_id]
         for name, value in extra.items():
-            config[f"IAS_PKCE_{name.upper()}" if name.islower() else name] = value
+            config[_setting_name(name)] = value
         return config
+
+    def app_environment(self, prefix: str = "FLASK", **extra: Any) -> dict[str, str]:
+        """The environment variables that bind an app to this emulator as a platform would:
+        ``VCAP_SERVICES`` with the ``identity`` and ``xsuaa`` bindings, and
+        ``<prefix>_IAS_PKCE_VERIFY`` (the CA file; with a separate public client also
+        ``<prefix>_IAS_PKCE_ACCEPTED_AUDIENCES``) for Flask's
+        ``app.config.from_prefixed_env(prefix)``. ``extra`` settings are added the same
+        way, as JSON unless they are text that JSON would read as something else."""
+        config = self.app_config(**extra)
+        wanted = {"IAS_PKCE_VERIFY", "IAS_PKCE_ACCEPTED_AUDIENCES", *map(_setting_name, extra)}
+        settings = {key: value for key, value in config.items() if key in wanted}
+        environment = {"VCAP_SERVICES": json.dumps(self.vcap_services())}
+        for key, value in settings.items():
+            environment[f"{prefix}_{key}"] = _environment_text(value)
+        return environment
 
     def vcap_services(self) -> dict[str, Any]:
         """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
@@ -403,6 +441,31 @@ class IASEmulator:
                 }
             ],
         }
+
+    def allow_origin(self, origin: str) -> None:
+        """Let browser apps served from ``origin`` (``http://127.0.0.1:5000``, no path)
+        call discovery, the keys and the token endpoint: IAS answers CORS only for the
+        tenant's trusted domains."""
+        split = urlsplit(origin)
+        if split.scheme not in ("http", "https") or not split.netloc or split.path:
+            raise ValueError("an origin is scheme://host[:port], without a path")
+        self._tenant.allowed_origins.add(origin)
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The origins :meth:`allow_origin` (or ``allowed_origins=``) let in."""
+        return frozenset(self._tenant.allowed_origins)
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """``<url>/oauth2/authorize``: a browser gets the login page, other clients are
+        signed in at once (as ``login_hint`` or the first user)."""
+        return self.url + AUTHORIZE_PATH
+
+    @property
+    def users(self) -> list[str]:
+        """The users' ``login_hint`` values (e-mail addresses), the default first."""
+        return list(self._tenant.users)
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -485,7 +548,7 @@ class IASEmulator:
             query["login_hint"] = login_hint
         with requests.Session() as session:
             answer = session.get(
-                self.url + "/oauth2/authorize",
+                self.authorize_endpoint,
                 params=query,
                 allow_redirects=False,
                 verify=verify,
