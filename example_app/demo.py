@@ -82,6 +82,9 @@ def demo_environment(emulator: IASEmulator, downstream_url: str) -> dict[str, st
         # Tokens of the public (PKCE) client are the ones this API accepts.
         "IAS_PKCE_ACCEPTED_AUDIENCES": json.dumps([emulator.public_client_id]),
         "EXAMPLE_DOWNSTREAM_URL": downstream_url,
+        # Where the browser page (/app/) signs in.
+        "EXAMPLE_IAS_URL": emulator.url,
+        "EXAMPLE_PUBLIC_CLIENT_ID": emulator.public_client_id,
     }
 
 
