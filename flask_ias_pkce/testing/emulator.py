@@ -116,6 +116,10 @@ class IASEmulator:
 
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
+    A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
+    signed in at once. ``allowed_origins`` (and :meth:`allow_origin`) are the origins whose
+    browser apps may call the token endpoint across origins (CORS). ``port`` fixes the
+    HTTPS port (default: a free one).
 
     The XSUAA service of :attr:`xsuaa_binding` answers on the same server; its binding holds
     a client secret (``xsuaa_credential_type="binding-secret"``) or a client certificate of
