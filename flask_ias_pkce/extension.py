@@ -33,6 +33,7 @@ from .config import (
     ConfigError,
     Settings,
     UnknownConfigKeyWarning,
+    foreign_audiences_warning,
     is_enabled,
     load_settings,
 )
@@ -137,6 +138,9 @@ class IASPKCE:
             return
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
+        audience_warning = foreign_audiences_warning(settings)
+        if audience_warning is not None:
+            logger.warning("%s", audience_warning)
         policy = http.HttpPolicy(
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )

@@ -29,8 +29,6 @@ def emulator_config(ias: IASEmulator, **overrides: Any) -> dict[str, Any]:
     config = ias.app_config(
         # Faults answer fast in tests; the defaults are for production.
         IAS_PKCE_TIMEOUT=(2.0, 2.0),
-        # Set even when the public client is the app itself, as tests override it.
-        IAS_PKCE_ACCEPTED_AUDIENCES=[ias.public_client_id],
     )
     config.update(overrides)
     return config

@@ -76,7 +76,8 @@ class Call:
 
     ``params`` are the form fields of a POST or the query of a GET (``client_secret``
     redacted); ``headers`` have lower-cased names (``authorization`` redacted but its
-    scheme). ``client_cn`` is the CN of a client certificate that passed TLS verification;
+    scheme), so a JWKS call shows the ``x-client_id``, ``x-app_tid`` and ``x-azp`` it sent.
+    ``client_cn`` is the CN of a client certificate that passed TLS verification;
     ``auth_method`` is how the client presented itself (``tls_client_auth``,
     ``client_secret_basic``, ``client_secret_post`` or ``None``), whether or not that
     succeeded. ``status`` is ``None`` for a dropped connection. ``connection_id`` numbers
@@ -114,6 +115,18 @@ class IASEmulator:
     :meth:`issue_public_token`. Every request is recorded in :attr:`calls`, and
     :meth:`inject` makes the next answers of an endpoint fail.
 
+    By default the public (PKCE) client and the app are one IAS application, as SAP's
+    reference sample sets them up (one ``identity`` instance with ``public-client: true``
+    and both grant types): public tokens carry :attr:`client_id` in ``aud`` and the app can
+    exchange them. ``public_client_id="..."`` registers the public client as an application
+    of its own; IAS then refuses to exchange its tokens for the app (``invalid_grant``), and
+    so does the emulator.
+
+    ``app_tid`` is the tenant id of the binding and of the tokens; ``extra_app_tids`` are
+    further application tenants this IAS tenant hosts (its JWKS and exchange accept them;
+    tokens name them with ``issue_public_token(app_tid=...)``). Any other ``x-app_tid`` or
+    ``app_tid`` is refused, as IAS refuses a tenant it does not know.
+
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
     A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
@@ -134,11 +147,12 @@ class IASEmulator:
         exchanged_token_lifetime: int = 3600,
         credential_type: str = "X509_GENERATED",
         client_id: str = "backend-app-client-id",
-        public_client_id: str = "mobile-app-public-client",
+        public_client_id: str | None = None,
         xsuaa_client_id: str = "sb-backend!t4711",
         xsuaa_credential_type: str = "binding-secret",
         xsuaa_token_lifetime: int = 3600,
         app_tid: str = DEFAULT_APP_TID,
+        extra_app_tids: Iterable[str] = (),
         users: Mapping[str, Mapping[str, Any]] | None = None,
         allowed_origins: Iterable[str] = (),
         port: int = 0,
@@ -158,11 +172,12 @@ class IASEmulator:
             credential_type=credential_type,
             client_id=client_id,
             client_secret=secrets.token_urlsafe(32),
-            public_client_id=public_client_id,
+            public_client_id=client_id if public_client_id is None else public_client_id,
             xsuaa_client_id=xsuaa_client_id,
             xsuaa_client_secret=secrets.token_urlsafe(32),
             xsuaa_token_lifetime=xsuaa_token_lifetime,
             app_tid=app_tid,
+            extra_app_tids=frozenset(extra_app_tids),
             users=DEFAULT_USERS if users is None else users,
             allowed_origins=allowed_origins,
         )
@@ -302,7 +317,8 @@ class IASEmulator:
 
     @property
     def public_client_id(self) -> str:
-        """The public (PKCE) client's id, the ``aud`` of public tokens."""
+        """The public (PKCE) client's id, the ``aud`` of public tokens: :attr:`client_id`
+        unless the emulator was given a separate ``public_client_id``."""
         return self._tenant.public_client_id
 
     @property
@@ -314,6 +330,11 @@ class IASEmulator:
     def app_tid(self) -> str:
         """The tenant id put in tokens and bindings."""
         return self._tenant.app_tid
+
+    @property
+    def app_tids(self) -> frozenset[str]:
+        """Every tenant id this IAS hosts: :attr:`app_tid` and the ``extra_app_tids``."""
+        return self._tenant.app_tids
 
     @property
     def connections(self) -> int:
@@ -380,8 +401,9 @@ class IASEmulator:
         """The ``IAS_PKCE_*`` settings of an app bound to this emulator, for ``app.config``.
 
         They name the tenant, the app's credentials (certificate and key, or the secret),
-        the trusted domain, the tenant id, the XSUAA client id and the emulator's CA file;
-        with a public client of its own, also the accepted audience. ``extra`` adds to
+        the trusted domain, the tenant id, the XSUAA client id and the emulator's CA file.
+        The accepted audience is left at its default, the app's own client id: the public
+        client and the backend are one IAS application. ``extra`` adds to
         them or wins over them: ``app_config(IAS_PKCE_PROTECT="marked", TESTING=True)``;
         a lower-case name is short for its ``IAS_PKCE_`` key (``protect="marked"``).
         """
@@ -399,9 +421,6 @@ class IASEmulator:
         else:
             config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
             config["IAS_PKCE_KEY"] = binding["key"]
-        if self.public_client_id != self.client_id:
-            # The default audience is the app's own client id.
-            config["IAS_PKCE_ACCEPTED_AUDIENCES"] = [self.public_client_id]
         for name, value in extra.items():
             config[_setting_name(name)] = value
         return config
@@ -409,12 +428,11 @@ class IASEmulator:
     def app_environment(self, prefix: str = "FLASK", **extra: Any) -> dict[str, str]:
         """The environment variables that bind an app to this emulator as a platform would:
         ``VCAP_SERVICES`` with the ``identity`` and ``xsuaa`` bindings, and
-        ``<prefix>_IAS_PKCE_VERIFY`` (the CA file; with a separate public client also
-        ``<prefix>_IAS_PKCE_ACCEPTED_AUDIENCES``) for Flask's
+        ``<prefix>_IAS_PKCE_VERIFY`` (the CA file) for Flask's
         ``app.config.from_prefixed_env(prefix)``. ``extra`` settings are added the same
         way, as JSON unless they are text that JSON would read as something else."""
         config = self.app_config(**extra)
-        wanted = {"IAS_PKCE_VERIFY", "IAS_PKCE_ACCEPTED_AUDIENCES", *map(_setting_name, extra)}
+        wanted = {"IAS_PKCE_VERIFY", *map(_setting_name, extra)}
         settings = {key: value for key, value in config.items() if key in wanted}
         environment = {"VCAP_SERVICES": json.dumps(self.vcap_services())}
         for key, value in settings.items():
@@ -509,8 +527,9 @@ class IASEmulator:
         return self._tenant.sign_xsuaa(claims, headers)
 
     def issue_public_token(self, **claims: Any) -> str:
-        """A token as the PKCE flow gives the public client (first user, ``aud`` = the
-        public client id); ``claims`` add or replace claims (``name=None`` removes one)."""
+        """A token as the PKCE flow gives the public client (first user, ``aud`` and
+        ``azp`` = :attr:`public_client_id`); ``claims`` add or replace claims
+        (``name=None`` removes one)."""
         self._running()
         return self._tenant.sign(self._tenant.public_claims(None, claims), None, None)
 

@@ -30,9 +30,8 @@ def bound_environment(ias: IASEmulator, *, prefix: str, **settings: Any) -> dict
     """This process's environment plus what a deployed app bound to ``ias`` would see:
     ``VCAP_SERVICES`` with its bindings, and ``<prefix>_<key>`` variables holding the JSON
     of ``settings`` (read them with ``app.config.from_prefixed_env(prefix)``). The emulator's
-    CA and public client are trusted unless ``settings`` say otherwise."""
-    values: dict[str, Any] = {"IAS_PKCE_ACCEPTED_AUDIENCES": [ias.public_client_id], **settings}
-    return {**os.environ, **ias.app_environment(prefix, **values)}
+    CA is trusted unless ``settings`` say otherwise."""
+    return {**os.environ, **ias.app_environment(prefix, **settings)}
 
 
 class GunicornServer:
