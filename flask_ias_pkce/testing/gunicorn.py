@@ -101,7 +101,8 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
