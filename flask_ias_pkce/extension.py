@@ -424,12 +424,16 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
                 "pip install 'flask-ias-pkce[redis]'"
             )
         config["CACHE_TYPE"] = _SAFE_REDIS
-        config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
-        if not config["CACHE_REDIS_URL"]:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
-                "and no bound Redis service"
-            )
+        if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
+            config["CACHE_REDIS_URL"] = bindings.redis_url
+            # The binding says whether its Redis is a cluster, unless the config does.
+            config.setdefault("CACHE_REDIS_CLUSTER", bindings.redis_cluster)
+            if not config["CACHE_REDIS_URL"]:
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "
+                    "IAS_PKCE_CACHE_REDIS_URL, no IAS_PKCE_CACHE_REDIS_SENTINELS and no bound "
+                    "Redis service"
+                )
     else:
         # Refused before it is built when the name is a class: no connection, no files.
         factory = _backend_factory(cache_type)
