@@ -427,7 +427,8 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
         if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
             config["CACHE_REDIS_URL"] = bindings.redis_url
             # The binding says whether its Redis is a cluster, unless the config does.
-            config.setdefault("CACHE_REDIS_CLUSTER", bindings.redis_cluster)
+            if config.get("CACHE_REDIS_CLUSTER") is None:
+                config["CACHE_REDIS_CLUSTER"] = bindings.redis_cluster
             if not config["CACHE_REDIS_URL"]:
                 raise ConfigError(
                     "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "

@@ -338,13 +338,18 @@ class SafeRedisCache(BaseCache):
 
     def ping(self) -> bool:
         """One round trip to Redis; ``False`` (and counted as an outage) if it fails."""
+        return self.check() is None
+
+    def check(self) -> str | None:
+        """One ``PING``: ``None`` if Redis answered, else why not (the error's class, and
+        for TLS what was wrong with the certificate; never a password or a key)."""
         try:
-            answered = bool(self.client.ping())
+            self.client.ping()
         except _REDIS_ERRORS as error:
             self._failed(error)
-            return False
+            return _cause(error)
         self._succeeded()
-        return answered
+        return None
 
     @classmethod
     def factory(

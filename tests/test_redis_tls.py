@@ -155,3 +155,25 @@ def test_verification_cannot_be_turned_off(
 
     with pytest.raises(ConfigError, match=message):
         build_app(ias_emulator, **config)
+
+
+def test_check_command_shows_the_mode_and_pings(
+    ias_emulator: IASEmulator, tls_redis: RedisServer, tmp_path: Path
+) -> None:
+    from flask_ias_pkce.cli import ias_pkce
+
+    good = build_app(ias_emulator, **tls_config(tls_redis))
+    result = good.test_cli_runner().invoke(ias_pkce, ["check"])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("PASS  cache")]
+    assert f"Redis over TLS at 127.0.0.1:{tls_redis.port}: PING" in line
+
+    other = TLSFiles(tmp_path / "other", name="another CA")
+    bad = build_app(
+        ias_emulator, **tls_config(tls_redis, IAS_PKCE_CACHE_REDIS_CA=str(other.ca_file))
+    )
+    result = bad.test_cli_runner().invoke(ias_pkce, ["check"])
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.startswith("FAIL  cache")]
+    assert "certificate was refused" in line
+    assert "each exchanges on its own" in result.output

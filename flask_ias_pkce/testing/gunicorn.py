@@ -111,7 +111,9 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            # The socket is bound before gunicorn starts: while the workers boot, the
+            # connection is accepted but the answer can take longer than the probe waits.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         self.stop()

@@ -415,11 +415,22 @@ class RedisClusterServer:
             # is not an outage of the whole cache.
             "--cluster-require-full-coverage",
             "no",
+            # Replicas sync at once (Redis waits 5 s for more replicas by default): a replica
+            # that has not synced cannot take over.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         if password:
             arguments += ["--masterauth", password]
+        # The cluster bus gets a free port of its own: the default (port + 10000) may be
+        # taken, or beyond 65535.
         self.nodes = [
-            RedisServer(password=password, executable=executable, tls=tls, arguments=arguments)
+            RedisServer(
+                password=password,
+                executable=executable,
+                tls=tls,
+                arguments=[*arguments, "--cluster-port", str(_free_port())],
+            )
             for _ in range(masters * (1 + replicas))
         ]
         if tls:
@@ -483,8 +494,8 @@ class RedisClusterServer:
         self._created = True
 
     def wait_until_ok(self, timeout: float | None = None) -> None:
-        """Wait until every running node reports ``cluster_state:ok`` and agrees that every
-        slot is served by a running master."""
+        """Wait until every running node reports ``cluster_state:ok``, every running
+        replica is in sync with its master, and every slot is served by a running master."""
 
         def ok() -> bool:
             running = [node for node in self.nodes if node.running]
@@ -492,9 +503,18 @@ class RedisClusterServer:
                 with node.client(socket_timeout=0.5, retries=0) as client:
                     if client.cluster("info").get("cluster_state") != "ok":
                         return False
+                    replication = client.info("replication")
+                    if replication.get("role") == "slave" and (
+                        replication.get("master_link_status") != "up"
+                    ):
+                        return False
             return set(self.master_nodes()) <= set(running)
 
-        _wait(ok, timeout or self.startup_timeout, "the cluster did not report state ok")
+        _wait(
+            ok,
+            timeout or self.startup_timeout,
+            "the cluster did not report state ok with every replica in sync",
+        )
 
     def master_nodes(self) -> list[RedisServer]:
         """The running nodes that are masters of slots now (they change on failover)."""
