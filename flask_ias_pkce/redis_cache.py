@@ -173,13 +173,8 @@ def _cause(error: BaseException) -> str:
             )
         if isinstance(seen, ssl.SSLError):
             return f"{type(error).__name__}: TLS handshake failed ({seen.reason})"
+        # redis-py raises its ConnectionError while handling the ssl error: the context.
         seen = seen.__cause__ or seen.__context__
-    if "CERTIFICATE_VERIFY_FAILED" in str(error):
-        # redis-py versions that do not chain the ssl error keep its text.
-        return (
-            f"{type(error).__name__}: the server's TLS certificate was refused "
-            "(certificate verify failed); check IAS_PKCE_CACHE_REDIS_CA"
-        )
     return type(error).__name__
 
 

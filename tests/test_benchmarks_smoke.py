@@ -17,6 +17,7 @@ SECTIONS = (
     "3 exchange (mTLS)",
     "4 burst (one fresh token)",
     "5 growth (cached tokens)",
+    "6 shared cache: hit cost per Redis topology",
 )
 
 
@@ -40,6 +41,7 @@ def test_quick_run_reports_every_section() -> None:
         "new connection / keep-alive latency",
         "NO single flight",
         "bytes per cached token",
+        "TLS / plain; cluster / plain",
     ):
         assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
 

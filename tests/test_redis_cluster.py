@@ -297,3 +297,42 @@ def test_check_command_names_the_cluster(
 
     assert result.exit_code == 0, result.output
     assert "PASS  cache        Redis Cluster at 127.0.0.1:" in result.output
+
+
+def test_a_cluster_client_given_directly_is_recognised(empty_cluster: RedisClusterServer) -> None:
+    cache = SafeRedisCache(empty_cluster.client())
+    assert cache.mode == "Redis Cluster"
+    assert cache.where.startswith("127.0.0.1:")
+    assert cache.set("k", b"v", timeout=10)
+    assert cache._key("k") == "iaspkce:{k}"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda url: SafeRedisCache.from_url(url, cluster=True, key_prefix="app{1}:"),
+            "must not contain",
+        ),
+        (
+            lambda url: build_app_with(url, IAS_PKCE_CACHE_REDIS_CLUSTER="yes"),
+            "IAS_PKCE_CACHE_REDIS_CLUSTER must be True or False",
+        ),
+    ],
+)
+def test_wrong_cluster_settings_are_refused(
+    empty_cluster: RedisClusterServer, make: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(empty_cluster.url)
+
+
+def build_app_with(url: str, **config: Any) -> Flask:
+    with IASEmulator() as ias:
+        return build_app(
+            ias,
+            IAS_PKCE_CACHE_TYPE="RedisCache",
+            IAS_PKCE_CACHE_REDIS_URL=url,
+            IAS_PKCE_CACHE_SECRET=SECRET,
+            **config,
+        )
