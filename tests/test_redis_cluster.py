@@ -336,3 +336,30 @@ def build_app_with(url: str, **config: Any) -> Flask:
             IAS_PKCE_CACHE_SECRET=SECRET,
             **config,
         )
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[RedisClusterServer]:
+    """A cluster that speaks TLS only (clients, cluster bus, replication), as SAP BTP's
+    cluster plans do."""
+    with RedisClusterServer(masters=3, tls=True, password="cluster-pass") as started:
+        yield started
+
+
+def test_two_apps_share_tokens_through_a_tls_cluster(
+    ias_emulator: IASEmulator, tls_cluster: RedisClusterServer
+) -> None:
+    config = cluster_config(tls_cluster, IAS_PKCE_CACHE_REDIS_CA=str(tls_cluster.tls.ca_file))
+    assert config["IAS_PKCE_CACHE_REDIS_URL"].startswith("rediss://")
+    one = build_app(ias_emulator, **config)
+    other = build_app(ias_emulator, **config)
+    tokens = [ias_emulator.issue_public_token(sub=f"user-{n}") for n in range(12)]
+
+    first = [one.test_client().get("/api/me", headers=bearer(t)).json for t in tokens]
+    second = [other.test_client().get("/api/me", headers=bearer(t)).json for t in tokens]
+
+    assert [answer["from_cache"] for answer in first] == [False] * 12
+    assert [answer["from_cache"] for answer in second] == [True] * 12
+    assert len(ias_emulator.exchanges) == 12
+    assert backend(one).mode == "Redis Cluster over TLS"
+    assert all(count > 0 for count in keys_per_master(tls_cluster))

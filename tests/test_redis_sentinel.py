@@ -103,12 +103,13 @@ def test_failover_costs_no_request_and_sharing_resumes(
                     break
             time.sleep(0.1)
     finally:
+        new = sentinels.wait_for_failover(old)
         old.start()  # the Sentinels make it a replica of the new master
 
     assert set(statuses) == {200}, statuses
     assert slowest < 5.0
     assert resumed_after is not None, "sharing did not resume within 30 s"
-    assert sentinels.master() is not old
+    assert sentinels.master() is new is not old
 
 
 @pytest.mark.parametrize(

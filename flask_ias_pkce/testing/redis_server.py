@@ -120,6 +120,12 @@ class TLSFiles:
             str(self.server_key_file),
             "--tls-ca-cert-file",
             str(self.ca_file),
+            # What a server presents when it connects out (cluster bus, replication): a
+            # certificate for client authentication, not its server certificate.
+            "--tls-client-cert-file",
+            str(self.client_cert_file),
+            "--tls-client-key-file",
+            str(self.client_key_file),
             "--tls-auth-clients",
             "yes" if client_certificates else "no",
         ]
@@ -476,15 +482,8 @@ class RedisClusterServer:
             command += ["-a", self.password, "--no-auth-warning"]
         if self.nodes[0]._tls is not None:
             tls = self.tls
-            command += [
-                "--tls",
-                "--cacert",
-                str(tls.ca_file),
-                "--cert",
-                str(tls.client_cert_file),
-                "--key",
-                str(tls.client_key_file),
-            ]
+            command += ["--tls", "--cacert", str(tls.ca_file)]
+            command += ["--cert", str(tls.client_cert_file), "--key", str(tls.client_key_file)]
         result = subprocess.run(  # noqa: S603 - our own fixed arguments
             command, capture_output=True, timeout=self.startup_timeout, check=False
         )
@@ -557,11 +556,6 @@ class RedisClusterServer:
             socket_connect_timeout=socket_timeout,
             **tls,
         )
-
-    def stop(self) -> None:
-        """Stop every node."""
-        for node in self.nodes:
-            node.stop()
 
     def close(self) -> None:
         """Stop every node and remove their working directories."""
@@ -720,11 +714,6 @@ class RedisSentinelServer:
 
         _wait(moved, timeout, "the Sentinels did not fail over", every=0.1)
         return self.master()
-
-    def stop(self) -> None:
-        """Stop the Sentinels and the servers."""
-        for server in [*self.sentinels, *self.servers]:
-            server.stop()
 
     def close(self) -> None:
         """Stop everything and remove the working directories."""
