@@ -19,7 +19,7 @@ from flask_ias_pkce.testing.redis_server import RedisClusterServer, RedisServer
 from ._common import Figure, interleaved_medians, ratio, run_alone
 from .hot_path import SECRET, bare_app, protected_app, request_of
 
-SECTION = "6 shared cache: hit cost per Redis topology"
+SECTION = "7 shared cache: hit cost per Redis topology"
 BARE = "bare route (baseline)"
 IN_PROCESS = "in-process tier"
 PLAIN = "Redis only, redis://"

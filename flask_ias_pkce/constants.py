@@ -81,9 +81,10 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "token carries none. Default: the binding's ``app_tid``.",
     "IAS_PKCE_XSUAA_CLIENT_ID": "The XSUAA client id the exchanged token's ``aud`` must "
     "hold. Default: the ``clientid`` of the bound ``xsuaa`` service.",
-    "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) of the public apps "
-    "whose tokens are accepted: a token's ``aud`` must hold one. Default: the IAS client "
-    "id.",
+    "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) a token's ``aud`` must "
+    "hold one of. Default: the binding's client id, the only one IAS exchanges tokens for: "
+    "the mobile app signs in with it (one IAS application). Any other id is logged as a "
+    "warning at ``init_app``.",
     "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
     '``"id_token"`` or ``"access_token"``.',
     "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "
@@ -119,7 +120,7 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_CACHE_REDIS_PASSWORD": "The Redis password, when the URL has none (always "
     "with Sentinels).",
     "IAS_PKCE_CACHE_REDIS_SENTINEL_PASSWORD": "The Sentinels' own password, if they require one.",
-    "IAS_PKCE_CACHE_SECRET": "Key of the HMAC that names cache entries and of the AES-GCM "
+    "IAS_PKCE_CACHE_SECRET": "Key of the keyed BLAKE2b that names cache entries and of the AES-GCM "
     "sealing of their values. Random per process by default; required, and the same in "
     "every process, when the cache is shared.",
     "IAS_PKCE_PASSTHROUGH": "Use a token that already carries the XSUAA client id as it is, "

@@ -5,7 +5,9 @@ the others."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
+import pytest
 from flask import Flask
 
 from flask_ias_pkce.testing import IASEmulator
@@ -14,6 +16,21 @@ from flask_ias_pkce.verify import NEW_KEY_SETS_PER_MINUTE
 from helpers import FakeClock, bearer, build_app
 
 CERTS = "/oauth2/certs"
+HOSTED_TENANTS = (
+    "a",
+    "b",
+    "good",
+    "t99",
+    *(f"t{index}" for index in range(NEW_KEY_SETS_PER_MINUTE)),
+)
+
+
+@pytest.fixture
+def ias_emulator() -> Iterator[IASEmulator]:
+    """An IAS tenant that hosts several application tenants (``app_tid``), as one IAS
+    tenant does for the subaccounts connected to it."""
+    with IASEmulator(extra_app_tids=HOSTED_TENANTS) as emulator:
+        yield emulator
 
 
 def passthrough_token(ias: IASEmulator, **claims: object) -> str:
@@ -44,14 +61,13 @@ def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulato
         ).status_code
         == 200
     )
-    # IAS answers 400 when this client may not see a tenant's keys.
-    ias_emulator.inject(CERTS, status=400, body={"error": "invalid_request"})
-
+    # IAS answers 400 for a tenant it does not host (or this client may not see).
     refused = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="evil")))
     good = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="good")))
 
     assert refused.status_code == 401
     assert good.status_code == 200
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 400]
 
 
 def test_new_tenants_are_limited_per_minute(ias_emulator: IASEmulator) -> None:
@@ -71,3 +87,21 @@ def test_new_tenants_are_limited_per_minute(ias_emulator: IASEmulator) -> None:
     assert statuses == [200] * NEW_KEY_SETS_PER_MINUTE + [503]
     assert fetches == NEW_KEY_SETS_PER_MINUTE
     assert later.status_code == 200
+
+
+def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
+    ias_emulator: IASEmulator,
+) -> None:
+    client = build_app(ias_emulator).test_client()
+
+    known = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="a")))
+    stranger = client.get(
+        "/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="b", azp="stranger"))
+    )
+
+    assert (known.status_code, stranger.status_code) == (200, 401)
+    assert 'error="invalid_token"' in stranger.headers["WWW-Authenticate"]
+    own = ias_emulator.client_id
+    sent = [(f["x-client_id"], f["x-app_tid"], f["x-azp"]) for f in key_fetches(ias_emulator)]
+    assert sent == [(own, "a", own), (own, "b", "stranger")]
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 400]

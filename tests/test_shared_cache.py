@@ -258,7 +258,6 @@ def test_redis_url_from_a_bound_redis_service(
         IAS_PKCE_CACHE_TYPE="RedisCache",
         IAS_PKCE_CACHE_SECRET=SECRET,
         IAS_PKCE_VERIFY=ias_emulator.ca_file,
-        IAS_PKCE_ACCEPTED_AUDIENCES=[ias_emulator.public_client_id],
     )
     from flask_ias_pkce import IASPKCE
 
@@ -281,4 +280,4 @@ def test_host_cache_config_does_not_leak_into_ours(
     )
     app.test_client().get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
     [name] = redis_server.client().keys("*")
-    assert name.startswith(b"iaspkce:exchange-")
+    assert name.startswith(b"iaspkce:v2:exchange-")
