@@ -46,6 +46,8 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_CACHE_REDIS_SENTINEL_MASTER": None,
     "IAS_PKCE_CACHE_REDIS_PASSWORD": None,
     "IAS_PKCE_CACHE_REDIS_SENTINEL_PASSWORD": None,
+    "IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT": 0.25,
+    "IAS_PKCE_CACHE_REDIS_HEALTH_CHECK_INTERVAL": 10,
     "IAS_PKCE_CACHE_SECRET": None,
     "IAS_PKCE_PASSTHROUGH": True,
     "IAS_PKCE_MAX_TOKEN_BYTES": 8192,
@@ -58,8 +60,9 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
 #: configuration table is built from this and :data:`CONFIG_DEFAULTS` (a test checks that
 #: every key has a description).
 CONFIG_DOCS: Final[dict[str, str]] = {
-    "IAS_PKCE_ENABLED": "``False`` turns the extension off: the hook lets every request "
-    "through and ``current_token`` is empty (for tests of the host app).",
+    "IAS_PKCE_ENABLED": "``False`` turns the extension off: ``init_app`` looks up no "
+    "binding, the hook lets every request through and ``current_token`` is empty (for "
+    "tests of the host app).",
     "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
     '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
     "``@ias.required`` do.",
@@ -120,6 +123,11 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_CACHE_REDIS_PASSWORD": "The Redis password, when the URL has none (always "
     "with Sentinels).",
     "IAS_PKCE_CACHE_REDIS_SENTINEL_PASSWORD": "The Sentinels' own password, if they require one.",
+    "IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT": "Seconds a Redis call may take (connecting "
+    "included) before it counts as a miss; keeps an outage or a failover from slowing "
+    "requests down.",
+    "IAS_PKCE_CACHE_REDIS_HEALTH_CHECK_INTERVAL": "Seconds after which an idle pooled Redis "
+    "connection is checked with a PING before use.",
     "IAS_PKCE_CACHE_SECRET": "Key of the keyed BLAKE2b that names cache entries and of the AES-GCM "
     "sealing of their values. Random per process by default; required, and the same in "
     "every process, when the cache is shared.",
