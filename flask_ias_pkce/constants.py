@@ -142,6 +142,10 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_REALM": "The ``realm`` of the ``WWW-Authenticate`` challenge.",
 }
 
+#: ``CACHE_*`` keys that flask-ias-pkce's Redis backend reads beyond Flask-Caching's own
+#: (``IAS_PKCE_CACHE_<name>`` in ``app.config``); ``init_app`` warns of any other unknown key.
+REDIS_CACHE_KEYS: Final = ("CACHE_REDIS_SOCKET_TIMEOUT", "CACHE_REDIS_HEALTH_CHECK_INTERVAL")
+
 PROTECT_MODES: Final = ("all", "marked")
 USE_TOKEN_CHOICES: Final = ("id_token", "access_token")
 

@@ -36,7 +36,7 @@ from .config import (
     is_enabled,
     load_settings,
 )
-from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
+from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
 from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, MissingToken
 from .exchange import ExchangeClient
@@ -330,7 +330,8 @@ class IASPKCE:
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
     """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
     leave its default in force without a word."""
-    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in _CACHE_DEFAULTS)]
+    cache_keys = (*_CACHE_DEFAULTS, *REDIS_CACHE_KEYS)
+    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in cache_keys)]
     # Compared without the common prefix, which would make every key look alike.
     suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
     for key in sorted(config):
