@@ -38,7 +38,7 @@ from .config import (
     is_enabled,
     load_settings,
 )
-from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
+from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
 from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, InsufficientScope, MissingToken
 from .exchange import ExchangeClient
@@ -467,7 +467,8 @@ class IASPKCE:
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
     """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
     leave its default in force without a word."""
-    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in _CACHE_DEFAULTS)]
+    cache_keys = (*_CACHE_DEFAULTS, *REDIS_CACHE_KEYS)
+    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in cache_keys)]
     # Compared without the common prefix, which would make every key look alike.
     suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
     for key in sorted(config):
@@ -659,12 +660,17 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
                 "pip install 'flask-ias-pkce[redis]'"
             )
         config["CACHE_TYPE"] = _SAFE_REDIS
-        config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
-        if not config["CACHE_REDIS_URL"]:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
-                "and no bound Redis service"
-            )
+        if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
+            config["CACHE_REDIS_URL"] = bindings.redis_url
+            # The binding says whether its Redis is a cluster, unless the config does.
+            if config.get("CACHE_REDIS_CLUSTER") is None:
+                config["CACHE_REDIS_CLUSTER"] = bindings.redis_cluster
+            if not config["CACHE_REDIS_URL"]:
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "
+                    "IAS_PKCE_CACHE_REDIS_URL, no IAS_PKCE_CACHE_REDIS_SENTINELS and no bound "
+                    "Redis service"
+                )
     else:
         # Refused before it is built when the name is a class: no connection, no files.
         factory = _backend_factory(cache_type)
