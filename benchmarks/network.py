@@ -2,9 +2,9 @@
 connection per exchange, and a wave of new tokens through gunicorn and Redis.
 
 Run: ``python -m benchmarks.network [--quick]``. Needs ``redis-server``. IAS (the emulator)
-is reached over loopback with a round-trip time of :data:`RTT` (see
-:mod:`benchmarks._network` for how: a netem namespace where the kernel has netem, else a
-delaying TCP proxy; the report says which). Redis stays local, as it is next to the app.
+is reached over loopback with a round-trip time of :data:`RTT`, through the delaying TCP
+proxy of :mod:`benchmarks._network` (the report says whether a netem namespace would have
+been possible here). Redis stays local, as it is next to the app.
 
 - **Exchange**: our keep-alive mTLS session against a new connection per exchange (the
   reference sample's way, which pays the TCP and TLS handshakes, two more round trips,
@@ -54,8 +54,6 @@ SAMPLE = "no single flight, new connection per exchange"
 def delay_method() -> str:
     """How the round trip is made, for the report."""
     refusal = netem_refusal()
-    # The proxy is what runs either way for now; netem would need the whole run inside
-    # the namespace (see benchmarks/_network.py).
     return f"delaying TCP proxy on loopback (netem: {refusal or 'available, not used'})"
 
 
