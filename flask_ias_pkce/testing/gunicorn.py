@@ -111,7 +111,9 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # The listener accepts before a worker has booted: on a loaded machine the
+                # first answer can take longer than the one-second probe.
                 pass
             time.sleep(0.1)
         self.stop()
