@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
@@ -30,11 +31,11 @@ from .cache import TokenCache
 from .config import ConfigError, Settings, load_settings
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
 from .context import TokenContext, current_token
-from .errors import IASPKCEError, MissingToken
+from .errors import IASPKCEError, InvalidToken, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
 from .service import Authenticator
-from .verify import JWKSCache, TokenVerifier
+from .verify import JWKSCache, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -76,6 +77,11 @@ _CACHE_DEFAULTS: Final = {
 }
 
 
+class _Modes(dict[str, str]):
+    """What each endpoint needs, resolved at its first request (a dict that can be
+    referred to weakly, so that a mark made later can clear it)."""
+
+
 @dataclass
 class _State:
     """What ``app.extensions["ias_pkce"]`` holds for one app."""
@@ -84,7 +90,7 @@ class _State:
     authenticator: Authenticator
     keys: JWKSCache
     policy: http.HttpPolicy
-    modes: dict[str, str] = field(default_factory=dict)
+    modes: _Modes = field(default_factory=lambda: _Modes())
 
 
 class IASPKCE:
@@ -105,6 +111,8 @@ class IASPKCE:
         self._clock = clock
         self._view_marks: dict[Callable[..., Any], str] = {}
         self._blueprint_marks: dict[object, str] = {}
+        # The resolved modes of every app this instance serves: a mark cleared them.
+        self._resolved: list[weakref.ref[_Modes]] = []
         if app is not None:
             self.init_app(app)
 
@@ -119,6 +127,10 @@ class IASPKCE:
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
         """
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                "flask-ias-pkce is already initialised on this app: call init_app once per app"
+            )
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
         bindings = load_bindings(app.config, os.environ)
@@ -127,19 +139,21 @@ class IASPKCE:
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )
         exchanger = ExchangeClient(bindings.identity, policy=policy, use_token=settings.use_token)
+        # An issuer may name no port, 443, or the binding URL's own port; no other.
+        ports = (None, 443, urlsplit(bindings.identity.url).port)
         keys = JWKSCache(
             exchanger.session,
             policy=policy,
             client_id=bindings.identity.client_id,
             clock=self._clock,
+            home_issuer=_home_issuer(bindings, ports),
         )
         verifier = TokenVerifier(
             keys,
             domains=bindings.identity.domains,
             leeway=settings.leeway,
             clock=self._clock,
-            # An issuer may name no port, 443, or the binding URL's own port; no other.
-            ports=(None, 443, urlsplit(bindings.identity.url).port),
+            ports=ports,
         )
         backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
         token_cache = TokenCache(
@@ -147,8 +161,9 @@ class IASPKCE:
             _sealer(app, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
-            # A miss may take discovery, JWKS and the exchange, each up to the worst case.
-            wait_timeout=3 * policy.worst_case_seconds(),
+            # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
+            # exchanged token's tenant and client, and the exchange: each up to the worst case.
+            wait_timeout=5 * policy.worst_case_seconds(),
             scope=settings.cache_scope(),
         )
         xsuaa_hop = (
@@ -172,6 +187,8 @@ class IASPKCE:
             xsuaa=xsuaa_hop,
         )
         state = _State(settings, authenticator, keys, policy)
+        self._resolved = [ref for ref in self._resolved if ref() is not None]
+        self._resolved.append(weakref.ref(state.modes))
         app.extensions[EXTENSION_NAME] = state
         # The hook is bound to this app's state: no lookup of the app on the hot path.
         app.before_request(functools.partial(self._authenticate_request, state))
@@ -222,6 +239,11 @@ class IASPKCE:
             self._view_marks[target] = mode
         else:
             raise TypeError("expected a view function or a Blueprint")
+        # A mark made after an endpoint's first request takes effect at its next one.
+        for ref in self._resolved:
+            modes = ref()
+            if modes is not None:
+                modes.clear()
 
     def _mode(self, state: _State, current: Request) -> str:
         endpoint = current.endpoint
@@ -260,7 +282,7 @@ class IASPKCE:
         if mode == SKIP:
             return
         authorization = current.headers.get("Authorization")
-        token_in_query = b"access_token=" in current.query_string
+        token_in_query = _token_in_query(current)
         if mode == OPTIONAL and authorization is None and not token_in_query:
             setattr(g, G_ATTRIBUTE, None)
             return
@@ -299,6 +321,25 @@ class IASPKCE:
         session = requests.Session()
         session.auth = _CurrentTokenAuth()
         return session
+
+
+def _token_in_query(current: Request) -> bool:
+    """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
+    query = current.query_string
+    # Parsed only when it may hold one (the name itself, or a percent-encoded name).
+    if b"access_token" not in query and b"%" not in query:
+        return False
+    return "access_token" in current.args
+
+
+def _home_issuer(bindings: Bindings, ports: tuple[int | None, ...]) -> str | None:
+    """The origin of the binding's own tenant, whose keys are trusted to be real from the
+    start (None when the binding URL is outside its own domains)."""
+    try:
+        domains = [domain.lower() for domain in bindings.identity.domains]
+        return issuer_origin(bindings.identity.url, domains, ports)
+    except InvalidToken:
+        return None
 
 
 def _app() -> Flask:

@@ -4,7 +4,8 @@ passthrough or exchange, check, store. Knows nothing of Flask's request."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .bearer import check_token_shape
 from .cache import Entry, TokenCache
@@ -97,6 +98,11 @@ class Authenticator:
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_subject"
             )
+        if not _same_tenant(public.claims, exchanged.claims, sent=app_tid):
+            # The same user of another tenant is another user: the app's data is per tenant.
+            raise IASRefused(
+                "The identity service returned an unusable token", reason="exchanged_tenant"
+            )
         entry = Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
         self.cache.put(key, entry)
         return entry
@@ -108,3 +114,14 @@ class Authenticator:
         earliest = min(expiries)
         with_margin = earliest - self.settings.leeway
         return with_margin if with_margin > self._clock() else earliest
+
+
+def _same_tenant(
+    public: Mapping[str, Any], exchanged: Mapping[str, Any], *, sent: str | None
+) -> bool:
+    """Whether the exchanged token is for the tenant of the public one: its ``app_tid``,
+    or, when the public token names none, the one the exchange ``sent`` (the binding's)."""
+    tenant = exchanged.get("app_tid")
+    if isinstance(public.get("app_tid"), str):
+        return bool(tenant == public["app_tid"])
+    return sent is None or tenant in (None, sent)

@@ -10,7 +10,6 @@ in the request's token cache under its own purpose, so it is obtained once per I
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -168,7 +167,7 @@ class XsuaaHop:
         """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
         try:
             header = jws.get_unverified_header(token)
-        except JOSEError:
+        except (JOSEError, RecursionError):  # RecursionError: hostile nesting
             raise _Refused("xsuaa_malformed_token") from None
         if header.get("alg") != ALGORITHM:
             raise _Refused("xsuaa_alg_not_allowed")
@@ -180,9 +179,10 @@ class XsuaaHop:
             raise _Refused("xsuaa_kid_unknown")
         try:
             payload = jws.verify(token, key, algorithms=[ALGORITHM])
-            claims = json.loads(payload)
-        except (JOSEError, ValueError):
+        except (JOSEError, RecursionError):
             raise _Refused("xsuaa_signature") from None
+        # Hostile nesting and NaN/Infinity are refused by the parser, as for IAS tokens.
+        claims = http.loads_json(payload)
         if not isinstance(claims, dict):
             raise _Refused("xsuaa_malformed_token")
         if not self._issuer_trusted(claims.get("iss")):

@@ -4,16 +4,27 @@ the others."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
+from typing import Any
+from unittest import mock
+from urllib.parse import urlsplit
 
-from flask import Flask
+import pytest
+from jose import jwt
 
+from benchmarks import forged
+from flask_ias_pkce import http
+from flask_ias_pkce.errors import IASPKCEError
+from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import NEW_KEY_SETS_PER_MINUTE
+from flask_ias_pkce.verify import UNPROVEN_FETCHES_PER_MINUTE, JWKSCache, TokenVerifier
 
 from helpers import FakeClock, bearer, build_app
 
 CERTS = "/oauth2/certs"
+DISCOVERY = "/.well-known/openid-configuration"
 
 
 def passthrough_token(ias: IASEmulator, **claims: object) -> str:
@@ -33,7 +44,8 @@ def test_each_tenant_gets_the_keys_ias_gives_that_tenant(ias_emulator: IASEmulat
     again = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="a")))
 
     assert (first.status_code, second.status_code, again.status_code) == (200, 200, 200)
-    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == ["a", "b"]
+    # The issuer's keys once (no tenant named), then IAS's answer for each tenant.
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [None, "a", "b"]
 
 
 def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulator) -> None:
@@ -54,20 +66,169 @@ def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulato
     assert good.status_code == 200
 
 
-def test_new_tenants_are_limited_per_minute(ias_emulator: IASEmulator) -> None:
-    clock = FakeClock(time.time())
-    app: Flask = build_app(ias_emulator, clock=clock)
-    client = app.test_client()
-    statuses = [
-        client.get(
-            "/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid=f"t{index}"))
-        ).status_code
-        for index in range(NEW_KEY_SETS_PER_MINUTE + 1)
-    ]
-    fetches = len(key_fetches(ias_emulator))
-    clock.advance(61)
-    later = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="t99")))
+def discovery_calls(ias: IASEmulator) -> int:
+    return sum(call.path == DISCOVERY for call in ias.calls)
 
-    assert statuses == [200] * NEW_KEY_SETS_PER_MINUTE + [503]
-    assert fetches == NEW_KEY_SETS_PER_MINUTE
-    assert later.status_code == 200
+
+def made_up_tenant(ias: IASEmulator, index: int) -> str:
+    # A tenant under the trusted domain that does not exist (anyone can name one).
+    return f"https://t{index}.localhost:{urlsplit(ias.url).port}"
+
+
+def test_forged_tokens_spend_no_budget_of_a_fresh_worker(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator, clock=FakeClock(time.time())).test_client()
+    forged = [
+        ias_emulator.foreign_key_token(app_tid=f"made-up-{index}", jti=str(index))
+        for index in range(3 * UNPROVEN_FETCHES_PER_MINUTE + 5)
+    ]
+
+    refused = {client.get("/api/me", headers=bearer(token)).status_code for token in forged}
+    real = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator)))
+
+    assert refused == {401}
+    assert real.status_code == 200
+    # The issuer's keys once, and the real token's tenant once: no call per forged token.
+    assert len(key_fetches(ias_emulator)) == 2
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [
+        None,
+        ias_emulator.app_tid,
+    ]
+
+
+def test_only_a_signed_token_asks_ias_about_its_tenant(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator).test_client()
+    assert client.get("/api/me", headers=bearer(passthrough_token(ias_emulator))).status_code == 200
+    ias_emulator.reset_calls()
+
+    for index in range(50):
+        token = ias_emulator.foreign_key_token(app_tid=f"forged-{index}", azp=f"client-{index}")
+        assert client.get("/api/me", headers=bearer(token)).status_code == 401
+    assert ias_emulator.calls == []
+
+    new_tenant = passthrough_token(ias_emulator, app_tid="new-tenant")
+    assert client.get("/api/me", headers=bearer(new_tenant)).status_code == 200
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == ["new-tenant"]
+
+
+def test_a_tenants_keys_decide_even_when_the_issuers_keys_verified(
+    ias_emulator: IASEmulator,
+) -> None:
+    client = build_app(ias_emulator).test_client()
+    assert client.get("/api/me", headers=bearer(passthrough_token(ias_emulator))).status_code == 200
+    # IAS gives this tenant other keys than the issuer's: its answer decides.
+    ias_emulator.inject(CERTS, body={"keys": []})
+
+    answer = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="x")))
+
+    assert answer.status_code == 502
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)][-1] == "x"
+
+
+@pytest.fixture
+def wildcard_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``*.localhost`` resolves to 127.0.0.1, as a real domain's tenants all resolve.
+    The emulator's certificate names only ``localhost``: their TLS handshakes fail fast."""
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.usefixtures("wildcard_dns")
+def test_made_up_tenants_share_one_small_budget(ias_emulator: IASEmulator) -> None:
+    clock = FakeClock(time.time())
+    client = build_app(ias_emulator, clock=clock, IAS_PKCE_RETRIES=0).test_client()
+    sent: list[str] = []
+    original = http._send
+
+    def send(session: Any, method: str, url: str, policy: Any, **kwargs: Any) -> Any:
+        sent.append(url)
+        return original(session, method, url, policy, **kwargs)
+
+    statuses = []
+    real = []
+    with mock.patch.object(http, "_send", send):
+        for minute in range(3):
+            for index in range(40):
+                token = ias_emulator.foreign_key_token(
+                    ias_iss=made_up_tenant(ias_emulator, 1000 * minute + index)
+                )
+                statuses.append(client.get("/api/me", headers=bearer(token)).status_code)
+                real.append(
+                    client.get(
+                        "/api/me", headers=bearer(ias_emulator.issue_public_token())
+                    ).status_code
+                )
+            clock.advance(60)
+
+    forged_calls = [url for url in sent if ".localhost:" in url]
+    assert len(forged_calls) <= 3 * UNPROVEN_FETCHES_PER_MINUTE
+    assert set(statuses) <= {502, 503}
+    assert set(real) == {200}
+
+
+@pytest.mark.usefixtures("wildcard_dns")
+def test_key_sets_that_verified_a_token_outlive_a_flood_of_made_up_issuers(
+    ias_emulator: IASEmulator,
+) -> None:
+    clock = FakeClock(time.time())
+    session = new_session()
+    policy = HttpPolicy(verify=ias_emulator.ca_file, retries=0)
+    keys = JWKSCache(session, policy=policy, client_id=ias_emulator.client_id, clock=clock)
+    verifier = TokenVerifier(
+        keys,
+        domains=["localhost"],
+        leeway=60,
+        clock=clock,
+        ports=(None, 443, urlsplit(ias_emulator.url).port),
+    )
+    audience = [ias_emulator.public_client_id]
+    verifier.verify(ias_emulator.issue_public_token(), audience=audience)
+    fetches = discovery_calls(ias_emulator)
+
+    # More made-up issuers than any store of key sets holds.
+    for index in range(300):
+        token = ias_emulator.foreign_key_token(ias_iss=made_up_tenant(ias_emulator, index))
+        with contextlib.suppress(IASPKCEError):
+            verifier.verify(token, audience=audience)
+    verifier.verify(ias_emulator.issue_public_token(), audience=audience)
+
+    assert discovery_calls(ias_emulator) == fetches
+    session.close()
+
+
+def test_forged_tokens_cost_ias_a_bounded_number_of_calls() -> None:
+    # The figure of docs/security.rst, smaller: python -m benchmarks.forged measures it.
+    result = forged.run(forged=400, tenants=40, threads=4)
+
+    assert result.forged_calls <= forged.bound(minutes=1)
+    assert set(result.user_statuses) == {200}
+    assert set(result.attack_statuses) <= {401, 502, 503}
+
+
+def test_a_cached_token_is_served_after_its_signing_key_left_the_jwks(
+    ias_emulator: IASEmulator,
+) -> None:
+    # Decided (docs/security.rst): an entry lives until its own expiry; a key leaving the
+    # JWKS is no revocation, and the cache-hit path asks nothing of the key sets.
+    client = build_app(ias_emulator).test_client()
+    old_token = ias_emulator.issue_public_token()
+    assert client.get("/api/me", headers=bearer(old_token)).status_code == 200
+    old_kid = ias_emulator.current_kid
+    ias_emulator.rotate_keys(retire_old=True)
+    ias_emulator.reset_calls()
+
+    cached = client.get("/api/me", headers=bearer(old_token))
+    new_with_old_key = ias_emulator.sign(
+        {**jwt.get_unverified_claims(old_token), "jti": "another"}, kid=old_kid
+    )
+    refused = client.get("/api/me", headers=bearer(new_with_old_key))
+
+    assert cached.status_code == 200
+    assert cached.json is not None
+    assert cached.json["from_cache"] is True
+    assert refused.status_code == 401  # a token not cached yet meets the new key set
