@@ -74,13 +74,13 @@ class DemoResult:
 
 def demo_environment(emulator: IASEmulator, downstream_url: str) -> dict[str, str]:
     """The environment the app gets, as a platform would give it: the bindings in
-    ``VCAP_SERVICES``, plus the two settings a local emulator needs."""
+    ``VCAP_SERVICES``, plus what a local emulator and downstream service need."""
     return {
         "VCAP_SERVICES": json.dumps(emulator.vcap_services()),
         # The emulator's certificates come from its own CA, not from a public one.
         "IAS_PKCE_VERIFY": emulator.ca_file,
-        # Tokens of the public (PKCE) client are the ones this API accepts.
-        "IAS_PKCE_ACCEPTED_AUDIENCES": json.dumps([emulator.public_client_id]),
+        # No IAS_PKCE_ACCEPTED_AUDIENCES: the mobile app signs in with the binding's own
+        # client id (one IAS application), which is the default audience.
         "EXAMPLE_DOWNSTREAM_URL": downstream_url,
     }
 
@@ -269,13 +269,19 @@ def _run_client(
         return None
     token: str = tokens["id_token"]
     public_claims = _claims(token)
+    # One IAS application: the mobile app's token names the backend's own client id, the
+    # only audience IAS exchanges for this backend.
+    audience = public_claims.get("aud")
+    audiences = [audience] if isinstance(audience, str) else audience
+    own_client = isinstance(audiences, list) and emulator.client_id in audiences
     record._record(
         "sign in (PKCE, S256)",
         200,
         200,
-        f"{public_claims.get('email')}, public token aud [{public_claims.get('aud')}]",
+        f"{public_claims.get('email')}, public token aud [{audience}]"
+        + (" (the binding's client id)" if own_client else ""),
         (time.perf_counter() - started) * 1000,
-        True,
+        own_client,
     )
 
     def get(path: str, bearer: str | None = None, base: str = api_url) -> requests.Response:
@@ -329,7 +335,7 @@ def _run_client(
         401,
         lambda: get("/orders", token, base=downstream_url),
         lambda body: (
-            "refused: its aud is the public client's",
+            "refused: its aud lacks the XSUAA client id",
             body.get("error") == "invalid_token",
         ),
     )

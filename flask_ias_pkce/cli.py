@@ -29,6 +29,7 @@ from flask.cli import AppGroup
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .bearer import parse_bearer
+from .config import foreign_audiences_warning
 from .constants import EXTENSION_NAME
 from .errors import IASPKCEError
 from .extension import _State
@@ -55,10 +56,10 @@ ias_pkce = AppGroup("ias-pkce", help="flask-ias-pkce: check the IAS binding, exc
 
 
 class _Steps:
-    """Prints one PASS, FAIL or SKIP line per step and counts the outcomes."""
+    """Prints one PASS, FAIL, SKIP or WARN line per step and counts the outcomes."""
 
     def __init__(self) -> None:
-        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
+        self.counts = {"passed": 0, "failed": 0, "skipped": 0, "warned": 0}
 
     def passed(self, step: str, detail: str) -> None:
         self._line("PASS", "passed", step, detail)
@@ -68,6 +69,9 @@ class _Steps:
 
     def skipped(self, step: str, detail: str) -> None:
         self._line("SKIP", "skipped", step, detail)
+
+    def warned(self, step: str, detail: str) -> None:
+        self._line("WARN", "warned", step, detail)
 
     def detail(self, text: str) -> None:
         click.echo(f"      {'':<12} {text}")
@@ -105,10 +109,10 @@ def _failure(error: IASPKCEError) -> str:
 def check() -> None:
     """Check the binding, TLS, discovery, JWKS and client authentication at IAS.
 
-    Prints one PASS, FAIL or SKIP line per step and exits with status 1 when a step
-    failed. Client authentication is tested with an assertion no IAS accepts:
-    ``invalid_grant`` is the expected answer, ``invalid_client`` means that the binding's
-    credentials are wrong.
+    Prints one PASS, FAIL, SKIP or WARN line per step and exits with status 1 when a step
+    failed; a warning alone does not fail the check. Client authentication is tested with
+    an assertion no IAS accepts: ``invalid_grant`` is the expected answer,
+    ``invalid_client`` means that the binding's credentials are wrong.
     """
     state = _state()
     steps = _Steps()
@@ -127,6 +131,9 @@ def check() -> None:
         + (bindings.xsuaa.source if bindings.xsuaa is not None else "app.config")
     )
     steps.detail(f"accepted audiences {sorted(settings.accepted_audiences)}")
+    audience_warning = foreign_audiences_warning(settings)
+    if audience_warning is not None:
+        steps.warned("audience", audience_warning)
     trust = "the system CA bundle" if settings.verify is True else str(settings.verify)
     steps.detail(f"TLS: IAS certificate verified against {trust}")
 

@@ -121,6 +121,31 @@ def _audiences(config: Mapping[str, Any], default: str) -> frozenset[str]:
     return frozenset(items)
 
 
+def foreign_audiences(settings: Settings) -> list[str]:
+    """The accepted audiences other than the binding's client id, sorted.
+
+    IAS exchanges a token only for an application whose client id is in the token's
+    ``aud`` (SAP's documentation of the jwt-bearer grant), and it adds no other
+    application's id to the tokens of a public client: a token that carries only such an
+    id passes our local checks and is then refused by IAS with ``invalid_grant``.
+    """
+    return sorted(settings.accepted_audiences - {settings.bindings.identity.client_id})
+
+
+def foreign_audiences_warning(settings: Settings) -> str | None:
+    """What ``init_app`` logs and ``flask ias-pkce check`` prints about
+    :func:`foreign_audiences`; ``None`` when there are none."""
+    foreign = foreign_audiences(settings)
+    if not foreign:
+        return None
+    own = settings.bindings.identity.client_id
+    return (
+        f"IAS_PKCE_ACCEPTED_AUDIENCES holds {', '.join(map(repr, foreign))}, not the "
+        f"binding's client id {own!r}: IAS refuses to exchange such tokens unless they also "
+        f"carry {own!r}; make the mobile app and this backend one IAS application"
+    )
+
+
 def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Our keys of ``config``, with the defaults filled in."""
     return {key: config.get(key, default) for key, default in CONFIG_DEFAULTS.items()}

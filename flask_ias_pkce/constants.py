@@ -73,9 +73,10 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "token carries none. Default: the binding's ``app_tid``.",
     "IAS_PKCE_XSUAA_CLIENT_ID": "The XSUAA client id the exchanged token's ``aud`` must "
     "hold. Default: the ``clientid`` of the bound ``xsuaa`` service.",
-    "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) of the public apps "
-    "whose tokens are accepted: a token's ``aud`` must hold one. Default: the IAS client "
-    "id.",
+    "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) a token's ``aud`` must "
+    "hold one of. Default: the binding's client id, the only one IAS exchanges tokens for: "
+    "the mobile app signs in with it (one IAS application). Any other id is logged as a "
+    "warning at ``init_app``.",
     "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
     '``"id_token"`` or ``"access_token"``.',
     "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "

@@ -28,7 +28,7 @@ from . import http, signals
 from .bearer import bearer_credentials
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
 from .context import TokenContext, current_token
 from .errors import IASPKCEError, InvalidToken, MissingToken
@@ -135,6 +135,9 @@ class IASPKCE:
             app.config.setdefault(key, default)
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
+        audience_warning = foreign_audiences_warning(settings)
+        if audience_warning is not None:
+            logger.warning("%s", audience_warning)
         policy = http.HttpPolicy(
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )

@@ -94,7 +94,7 @@ class Authenticator:
                 "The identity service returned an unusable token",
                 reason=f"exchanged_{error.reason}",
             ) from None
-        if exchanged.claims.get("sub") != public.claims.get("sub"):
+        if not same_user(public.claims, exchanged.claims):
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_subject"
             )
@@ -114,6 +114,21 @@ class Authenticator:
         earliest = min(expiries)
         with_margin = earliest - self.settings.leeway
         return with_margin if with_margin > self._clock() else earliest
+
+
+def same_user(public: Mapping[str, Any], exchanged: Mapping[str, Any]) -> bool:
+    """Whether the exchanged token is for the user of the public one.
+
+    IAS finds the user of a jwt-bearer assertion by ``user_uuid`` when it has one, else by
+    ``sub`` (SAP's documentation of the grant, "Configure the Client to Call Identity
+    Authentication JWT Bearer Token"), and writes ``sub`` as the application's subject name
+    identifier says: where both tokens carry a ``user_uuid``, that decides; else ``sub``.
+    """
+    public_uuid, exchanged_uuid = public.get("user_uuid"), exchanged.get("user_uuid")
+    if isinstance(public_uuid, str) and isinstance(exchanged_uuid, str):
+        return public_uuid == exchanged_uuid
+    subject = public.get("sub")
+    return isinstance(subject, str) and subject == exchanged.get("sub")
 
 
 def _same_tenant(

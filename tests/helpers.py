@@ -33,7 +33,6 @@ def emulator_config(ias: IASEmulator, **overrides: Any) -> dict[str, Any]:
         "IAS_PKCE_DOMAINS": binding["domains"],
         "IAS_PKCE_APP_TID": binding["app_tid"],
         "IAS_PKCE_XSUAA_CLIENT_ID": ias.xsuaa_client_id,
-        "IAS_PKCE_ACCEPTED_AUDIENCES": [ias.public_client_id],
         "IAS_PKCE_VERIFY": ias.ca_file,
         # Faults answer fast in tests; the defaults are for production.
         "IAS_PKCE_TIMEOUT": (2.0, 2.0),

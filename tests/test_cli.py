@@ -31,7 +31,7 @@ def output(result: Result) -> str:
 
 
 def lines(result: Result, word: str) -> dict[str, str]:
-    """``{step: line}`` of the report lines that start with ``word`` (PASS, FAIL, SKIP)."""
+    """``{step: line}`` of the report lines that start with ``word`` (PASS, FAIL, SKIP, WARN)."""
     found = {}
     for line in output(result).splitlines():
         if line.startswith(word + " "):
@@ -63,6 +63,19 @@ def test_check_passes_with_mtls(ias_emulator: IASEmulator) -> None:
     [call] = ias_emulator.exchanges
     assert call.auth_method == "tls_client_auth"
     assert call.status == 400
+
+
+def test_check_warns_of_an_audience_ias_will_not_exchange() -> None:
+    with IASEmulator(public_client_id="mobile-app-public-client") as ias:
+        app = build_app(ias, IAS_PKCE_ACCEPTED_AUDIENCES=["mobile-app-public-client"])
+        result = run(app, "check")
+
+    assert result.exit_code == 0, output(result)  # a warning, not a failure
+    [warning] = lines(result, "WARN").values()
+    assert warning.startswith("WARN  audience")
+    assert "'mobile-app-public-client'" in warning
+    assert repr(ias.client_id) in warning
+    assert output(result).rstrip().endswith("result: OK (5 passed, 1 warned)")
 
 
 def test_check_passes_with_client_secret_and_masks_it() -> None:

@@ -345,6 +345,72 @@ def test_exchange_request_errors(
     assert (answer.status_code, answer.json()["error"]) == (status, error)
 
 
+def test_public_client_is_the_app_by_default(ias: IASEmulator) -> None:
+    claims = decode(ias, ias.pkce_login()["id_token"], ias.client_id)
+
+    assert ias.public_client_id == ias.client_id
+    assert claims["aud"] == claims["azp"] == ias.client_id
+
+
+def test_exchange_of_a_separate_public_clients_token_is_refused() -> None:
+    with IASEmulator(public_client_id="mobile-app") as ias:
+        token = ias.pkce_login()["id_token"]
+        answer = exchange(ias, token, cert=ias.client_certificate_files)
+
+    assert jwt.get_unverified_claims(token)["aud"] == "mobile-app"
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"
+    assert "'mobile-app'" in answer.json()["error_description"]
+    assert repr(ias.client_id) in answer.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("aud", "status"),
+    [
+        pytest.param(["another-app", "backend-app-client-id"], 200, id="among-others"),
+        pytest.param(["another-app"], 400, id="other-app-only"),
+        pytest.param(None, 400, id="no-aud"),
+        pytest.param(42, 400, id="not-a-string"),
+    ],
+)
+def test_exchange_needs_the_clients_id_in_the_assertions_aud(
+    ias: IASEmulator, client_cert: tuple[str, str], aud: Any, status: int
+) -> None:
+    answer = exchange(ias, ias.issue_public_token(aud=aud), cert=client_cert)
+
+    assert answer.status_code == status, answer.text
+
+
+ALICE_UUID = "6f1a3c1e-2b4d-4e8f-9a0b-1c2d3e4f5a6b"
+
+
+@pytest.mark.parametrize(
+    ("claims", "subject"),
+    [
+        pytest.param({}, ALICE_UUID, id="as-issued"),
+        pytest.param({"sub": "P000042"}, ALICE_UUID, id="user_uuid-decides"),
+        pytest.param({"user_uuid": None}, ALICE_UUID, id="by-sub"),
+        pytest.param({"user_uuid": None, "sub": "bob@example.com"}, "bob@example.com", id="bob"),
+        pytest.param({"user_uuid": "0000", "sub": ALICE_UUID}, None, id="unknown-user_uuid"),
+        pytest.param({"user_uuid": None, "sub": "mallory"}, None, id="unknown-sub"),
+        pytest.param({"user_uuid": None, "sub": None}, None, id="no-identifier"),
+    ],
+)
+def test_exchange_finds_the_user_by_user_uuid_else_by_sub(
+    claims: dict[str, Any], subject: str | None
+) -> None:
+    users = {"alice@example.com": {"user_uuid": ALICE_UUID}, "bob@example.com": {"groups": []}}
+    with IASEmulator(users=users) as ias:
+        answer = exchange(ias, ias.issue_public_token(**claims), cert=ias.client_certificate_files)
+
+    if subject is None:
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_grant")
+        assert "no user" in answer.json()["error_description"]
+    else:
+        assert answer.status_code == 200, answer.text
+        assert jwt.get_unverified_claims(answer.json()["id_token"])["sub"] == subject
+
+
 def post_token(ias: IASEmulator, **kwargs: Any) -> requests.Response:
     return requests.post(ias.token_endpoint, verify=ias.ca_file, timeout=5, **kwargs)
 
@@ -565,6 +631,65 @@ def test_vcap_services_carry_both_bindings(ias: IASEmulator) -> None:
     assert identity["certificate"].startswith("-----BEGIN CERTIFICATE-----")
     assert identity["key"].startswith("-----BEGIN PRIVATE KEY-----")
     assert vcap["xsuaa"][0]["credentials"]["clientid"] == ias.xsuaa_client_id
+
+
+# -- the JWKS and who asks for it ----------------------------------------------------------
+
+
+def certs(ias: IASEmulator, **headers: str) -> requests.Response:
+    return requests.get(ias.url + "/oauth2/certs", headers=headers, verify=ias.ca_file, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "message"),
+    [
+        pytest.param({}, 200, None, id="no-headers"),
+        pytest.param(
+            {
+                "x-client_id": "backend-app-client-id",
+                "x-app_tid": "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90",
+                "x-azp": "backend-app-client-id",
+            },
+            200,
+            None,
+            id="known",
+        ),
+        pytest.param(
+            {"x-client_id": "stranger"},
+            400,
+            "Invalid x-client_id or x-app_tid provided",
+            id="client",
+        ),
+        pytest.param(
+            {"x-app_tid": "another-tenant"},
+            400,
+            "Invalid x-client_id or x-app_tid provided",
+            id="tenant",
+        ),
+        pytest.param({"x-azp": "stranger"}, 400, "Invalid x-azp provided", id="azp"),
+        pytest.param({"x-app_tid": "hosted"}, 200, None, id="extra-tenant"),
+    ],
+)
+def test_jwks_refuses_clients_and_tenants_it_does_not_know(
+    headers: dict[str, str], status: int, message: str | None
+) -> None:
+    with IASEmulator(extra_app_tids=["hosted"]) as ias:
+        answer = certs(ias, **headers)
+        [call] = ias.calls
+
+    assert answer.status_code == status
+    if message is None:
+        assert answer.json() == ias.jwks
+    else:
+        assert answer.json() == {"msg": message}
+    for name, value in headers.items():
+        assert call.headers[name] == value
+
+
+def test_jwks_knows_a_separate_public_client() -> None:
+    with IASEmulator(public_client_id="mobile-app") as ias:
+        assert certs(ias, **{"x-azp": "mobile-app", "x-client_id": ias.client_id}).ok
+        assert certs(ias, **{"x-client_id": "mobile-app"}).ok
 
 
 # -- record and faults ------------------------------------------------------------------------

@@ -22,10 +22,7 @@ def _serve(app: Flask, ias: IASEmulator) -> int:
 
 
 def _minimal_config(ias: IASEmulator) -> dict[str, Any]:
-    return {
-        "IAS_PKCE_VERIFY": ias.ca_file,
-        "IAS_PKCE_ACCEPTED_AUDIENCES": [ias.public_client_id],
-    }
+    return {"IAS_PKCE_VERIFY": ias.ca_file}
 
 
 @pytest.fixture
@@ -122,22 +119,22 @@ def test_wrong_setting_fails_at_init_app(
 
 
 def test_accepted_audience_defaults_to_the_binding_client_id(ias_emulator: IASEmulator) -> None:
-    # The PKCE client is often the identity instance's own client id.
+    # One IAS application: the mobile app signs in with the binding's own client id.
     app = Flask("default_audience")
-    config = emulator_config(ias_emulator)
-    del config["IAS_PKCE_ACCEPTED_AUDIENCES"]
-    app.config.update(config)
+    app.config.update(emulator_config(ias_emulator))
     IASPKCE(app)
     app.add_url_rule("/x", "x", lambda: "x")
     client = app.test_client()
 
-    public_client = client.get("/x", headers=bearer(ias_emulator.issue_public_token()))
-    own_client = client.get(
-        "/x", headers=bearer(ias_emulator.issue_public_token(aud=ias_emulator.client_id))
+    own_client = client.get("/x", headers=bearer(ias_emulator.issue_public_token()))
+    other_client = client.get(
+        "/x", headers=bearer(ias_emulator.issue_public_token(aud="another-app"))
     )
 
-    assert public_client.status_code == 401
+    assert ias_emulator.public_client_id == ias_emulator.client_id
     assert own_client.status_code == 200
+    assert other_client.status_code == 401
+    assert len(ias_emulator.exchanges) == 1
 
 
 def test_access_token_can_be_the_downstream_token(ias_emulator: IASEmulator) -> None:

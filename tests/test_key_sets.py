@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
@@ -25,6 +26,15 @@ from helpers import FakeClock, bearer, build_app
 
 CERTS = "/oauth2/certs"
 DISCOVERY = "/.well-known/openid-configuration"
+HOSTED_TENANTS = ("a", "b", "good", "new-tenant", "x")
+
+
+@pytest.fixture
+def ias_emulator() -> Iterator[IASEmulator]:
+    """An IAS tenant that hosts several application tenants (``app_tid``), as one IAS
+    tenant does for the subaccounts connected to it."""
+    with IASEmulator(extra_app_tids=HOSTED_TENANTS) as emulator:
+        yield emulator
 
 
 def passthrough_token(ias: IASEmulator, **claims: object) -> str:
@@ -56,14 +66,35 @@ def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulato
         ).status_code
         == 200
     )
-    # IAS answers 400 when this client may not see a tenant's keys.
-    ias_emulator.inject(CERTS, status=400, body={"error": "invalid_request"})
-
+    # IAS answers 400 for a tenant it does not host (or this client may not see).
     refused = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="evil")))
     good = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="good")))
 
     assert refused.status_code == 401
     assert good.status_code == 200
+    # The issuer's keys, the tenant "good", the tenant "evil" (refused).
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
+
+
+def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
+    ias_emulator: IASEmulator,
+) -> None:
+    client = build_app(ias_emulator).test_client()
+
+    known = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="a")))
+    stranger = client.get(
+        "/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="b", azp="stranger"))
+    )
+
+    assert (known.status_code, stranger.status_code) == (200, 401)
+    assert 'error="invalid_token"' in stranger.headers["WWW-Authenticate"]
+    own = ias_emulator.client_id
+    sent = [
+        (f["x-client_id"], f.get("x-app_tid"), f.get("x-azp")) for f in key_fetches(ias_emulator)
+    ]
+    # First the issuer's keys (no tenant, no azp), then IAS's word per tenant and client.
+    assert sent == [(own, None, None), (own, "a", own), (own, "b", "stranger")]
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
 
 
 def discovery_calls(ias: IASEmulator) -> int:

@@ -258,7 +258,6 @@ def test_redis_url_from_a_bound_redis_service(
         IAS_PKCE_CACHE_TYPE="RedisCache",
         IAS_PKCE_CACHE_SECRET=SECRET,
         IAS_PKCE_VERIFY=ias_emulator.ca_file,
-        IAS_PKCE_ACCEPTED_AUDIENCES=[ias_emulator.public_client_id],
     )
     from flask_ias_pkce import IASPKCE
 

@@ -32,7 +32,6 @@ def xsuaa_app(
     app = Flask("xsuaa_app")
     app.config.update(
         IAS_PKCE_VERIFY=ias.ca_file,
-        IAS_PKCE_ACCEPTED_AUDIENCES=[ias.public_client_id],
         IAS_PKCE_TIMEOUT=(2.0, 2.0),
         IAS_PKCE_RETRIES=0,
     )
@@ -340,7 +339,6 @@ def test_xsuaa_over_plain_http_is_never_called(
     app = Flask("plain_http")
     app.config.update(
         IAS_PKCE_VERIFY=ias.ca_file,
-        IAS_PKCE_ACCEPTED_AUDIENCES=[ias.public_client_id],
         IAS_PKCE_RETRIES=0,
     )
 

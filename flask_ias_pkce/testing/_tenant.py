@@ -130,6 +130,7 @@ class Tenant:
         xsuaa_client_secret: str,
         xsuaa_token_lifetime: int,
         app_tid: str,
+        extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
     ) -> None:
         self.issuer = ""  # known once the server has a port
@@ -144,6 +145,7 @@ class Tenant:
         self.xsuaa_client_secret = xsuaa_client_secret
         self.xsuaa_token_lifetime = xsuaa_token_lifetime
         self.app_tid = app_tid
+        self.app_tids = frozenset((app_tid, *extra_app_tids))
         self.users = {hint: dict(claims) for hint, claims in users.items()}
         self._lock = threading.Lock()
         self._keys = [SigningKey.generate()]  # the JWKS; the last one signs
@@ -194,15 +196,12 @@ class Tenant:
         """The claims of a public-client token for a user (the first one by default);
         ``overrides`` replace claims, ``None`` removes one."""
         hint = login_hint if login_hint is not None else next(iter(self.users))
-        user = self.users[hint]
         now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "sub": user.get("user_uuid", hint),
-            "email": hint,
             "app_tid": self.app_tid,
             "sid": f"S-SP-{uuid.uuid4()}",
-            **user,
+            **self._user_claims(hint),
             "aud": self.public_client_id,
             "azp": self.public_client_id,
             "iat": now,
@@ -216,13 +215,34 @@ class Tenant:
                 claims[name] = value
         return claims
 
+    def _user_claims(self, hint: str) -> dict[str, Any]:
+        """What a token says about the user ``hint``: ``sub`` (the subject name identifier:
+        the ``user_uuid``, else the email), ``email`` and the user's own claims."""
+        user = self.users[hint]
+        return {"sub": user.get("user_uuid", hint), "email": hint, **user}
+
+    def _find_user(self, assertion: Mapping[str, Any]) -> str:
+        """The login hint of the user an assertion names. SAP's documentation of the grant
+        ("Configure the Client to Call Identity Authentication JWT Bearer Token",
+        SAP-docs/btp-cloud-identity-services, Operation Guide): "if `user_uuid` claim is
+        provided, it will be used to search the user by user_uuid, otherwise `sub` claim
+        will be used"."""
+        if "user_uuid" in assertion:
+            wanted, claim = assertion["user_uuid"], "user_uuid"
+        else:
+            wanted, claim = assertion.get("sub"), "sub"
+        for hint in self.users:
+            if isinstance(wanted, str) and self._user_claims(hint).get(claim) == wanted:
+                return hint
+        raise _OAuthError("invalid_grant", f"assertion refused: no user with this {claim}")
+
     # -- endpoints ------------------------------------------------------------------------
 
     def route(self, request: Request, params: Params) -> Response:
         """Answer a request with IAS's behaviour; 404/405 JSON for anything else."""
         routes: dict[str, tuple[str, Callable[[Request, Params], Response]]] = {
             "/.well-known/openid-configuration": ("GET", self._discovery),
-            "/oauth2/certs": ("GET", lambda request, params: json_response(200, self.jwks())),
+            "/oauth2/certs": ("GET", self._certs),
             "/oauth2/authorize": ("GET", self._authorize),
             TOKEN_PATH: ("POST", self._token),
             XSUAA_TOKEN_PATH: ("POST", self._xsuaa_token),
@@ -235,6 +255,33 @@ class Tenant:
             payload = {"error": "invalid_request", "error_description": f"use {method}"}
             return json_response(405, payload, {"Allow": method})
         return endpoint(request, params)
+
+    def _certs(self, request: Request, params: Params) -> Response:
+        """The JWKS, for the clients and tenant this IAS knows.
+
+        SAP's libraries send ``x-client_id`` (their binding's client id), ``x-app_tid`` and
+        ``x-azp`` (the token's claims); IAS answers 400 to a client id or tenant it does not
+        know and to an ``azp`` that is no client of the tenant. The bodies are those
+        SAP/cloud-security-client-go models in ``oidcclient/jwk_test.go``; its
+        ``mocks/mockServer.go`` notes that IAS answers ``{"msg":"Invalid app_tid
+        provided"}`` for a foreign tenant. IAS's documentation of the endpoint calls both
+        headers optional ("Reserved"), so a request without them gets the keys.
+        """
+        headers = request.headers
+        client_id, app_tid = headers.get("x-client_id"), headers.get("x-app_tid")
+        if (client_id is not None and client_id not in self.client_ids) or (
+            app_tid is not None and app_tid not in self.app_tids
+        ):
+            return json_response(400, {"msg": "Invalid x-client_id or x-app_tid provided"})
+        azp = headers.get("x-azp")
+        if azp is not None and azp not in self.client_ids:
+            return json_response(400, {"msg": "Invalid x-azp provided"})
+        return json_response(200, self.jwks())
+
+    @property
+    def client_ids(self) -> frozenset[str]:
+        """The applications of this tenant: the app's and, when separate, the public one."""
+        return frozenset((self.client_id, self.public_client_id))
 
     def _discovery(self, request: Request, params: Params) -> Response:
         return json_response(
@@ -381,13 +428,30 @@ class Tenant:
         access_format = form.get("token_format", "opaque")  # IAS's default for this grant
         if access_format not in ("jwt", "opaque"):
             raise _OAuthError("invalid_request", "token_format must be jwt or opaque")
-        if form.get("app_tid", self.app_tid) != self.app_tid:
+        if form.get("app_tid", self.app_tid) not in self.app_tids:
             raise _OAuthError("invalid_request", "unknown app_tid")
         public = self._verify_assertion(form["assertion"])
+        # The same documentation: "audience: must contain the client ID of the requested
+        # application in aud". A public client registered as an application of its own
+        # gets tokens with only its own id in aud (IAS adds no dependent application's id
+        # to tokens of public clients), so IAS refuses to exchange them for this one. The
+        # wording of IAS's error_description is unconfirmed; the emulator names both ids.
+        audience = public.get("aud")
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or self.client_id not in audiences:
+            raise _OAuthError(
+                "invalid_grant",
+                f"assertion refused: its aud {audience!r} does not contain the client id "
+                f"{self.client_id!r} of the requesting application",
+            )
+        user = self._user_claims(self._find_user(public))
         now = int(self.clock())
         claims = {
             "iss": self.issuer,
             **{name: value for name, value in public.items() if name not in _PER_TOKEN_CLAIMS},
+            # The new token speaks of the user as the tenant knows them, not as the
+            # assertion put it.
+            **user,
             "aud": [self.client_id, self.xsuaa_client_id],
             "azp": self.client_id,
             "iat": now,

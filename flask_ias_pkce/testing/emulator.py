@@ -19,7 +19,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,7 +59,8 @@ class Call:
 
     ``params`` are the form fields of a POST or the query of a GET (``client_secret``
     redacted); ``headers`` have lower-cased names (``authorization`` redacted but its
-    scheme). ``client_cn`` is the CN of a client certificate that passed TLS verification;
+    scheme), so a JWKS call shows the ``x-client_id``, ``x-app_tid`` and ``x-azp`` it sent.
+    ``client_cn`` is the CN of a client certificate that passed TLS verification;
     ``auth_method`` is how the client presented itself (``tls_client_auth``,
     ``client_secret_basic``, ``client_secret_post`` or ``None``), whether or not that
     succeeded. ``status`` is ``None`` for a dropped connection. ``connection_id`` numbers
@@ -98,6 +99,18 @@ class IASEmulator:
     :meth:`issue_public_token`. Every request is recorded in :attr:`calls`, and
     :meth:`inject` makes the next answers of an endpoint fail.
 
+    By default the public (PKCE) client and the app are one IAS application, as SAP's
+    reference sample sets them up (one ``identity`` instance with ``public-client: true``
+    and both grant types): public tokens carry :attr:`client_id` in ``aud`` and the app can
+    exchange them. ``public_client_id="..."`` registers the public client as an application
+    of its own; IAS then refuses to exchange its tokens for the app (``invalid_grant``), and
+    so does the emulator.
+
+    ``app_tid`` is the tenant id of the binding and of the tokens; ``extra_app_tids`` are
+    further application tenants this IAS tenant hosts (its JWKS and exchange accept them;
+    tokens name them with ``issue_public_token(app_tid=...)``). Any other ``x-app_tid`` or
+    ``app_tid`` is refused, as IAS refuses a tenant it does not know.
+
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
 
@@ -114,11 +127,12 @@ class IASEmulator:
         exchanged_token_lifetime: int = 3600,
         credential_type: str = "X509_GENERATED",
         client_id: str = "backend-app-client-id",
-        public_client_id: str = "mobile-app-public-client",
+        public_client_id: str | None = None,
         xsuaa_client_id: str = "sb-backend!t4711",
         xsuaa_credential_type: str = "binding-secret",
         xsuaa_token_lifetime: int = 3600,
         app_tid: str = DEFAULT_APP_TID,
+        extra_app_tids: Iterable[str] = (),
         users: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if credential_type not in ("X509_GENERATED", "SECRET"):
@@ -134,11 +148,12 @@ class IASEmulator:
             credential_type=credential_type,
             client_id=client_id,
             client_secret=secrets.token_urlsafe(32),
-            public_client_id=public_client_id,
+            public_client_id=client_id if public_client_id is None else public_client_id,
             xsuaa_client_id=xsuaa_client_id,
             xsuaa_client_secret=secrets.token_urlsafe(32),
             xsuaa_token_lifetime=xsuaa_token_lifetime,
             app_tid=app_tid,
+            extra_app_tids=frozenset(extra_app_tids),
             users=DEFAULT_USERS if users is None else users,
         )
         self._xsuaa_credential_type = xsuaa_credential_type
@@ -276,7 +291,8 @@ class IASEmulator:
 
     @property
     def public_client_id(self) -> str:
-        """The public (PKCE) client's id, the ``aud`` of public tokens."""
+        """The public (PKCE) client's id, the ``aud`` of public tokens: :attr:`client_id`
+        unless the emulator was given a separate ``public_client_id``."""
         return self._tenant.public_client_id
 
     @property
@@ -288,6 +304,11 @@ class IASEmulator:
     def app_tid(self) -> str:
         """The tenant id put in tokens and bindings."""
         return self._tenant.app_tid
+
+    @property
+    def app_tids(self) -> frozenset[str]:
+        """Every tenant id this IAS hosts: :attr:`app_tid` and the ``extra_app_tids``."""
+        return self._tenant.app_tids
 
     @property
     def connections(self) -> int:
@@ -413,8 +434,9 @@ class IASEmulator:
         return self._tenant.sign_xsuaa(claims, headers)
 
     def issue_public_token(self, **claims: Any) -> str:
-        """A token as the PKCE flow gives the public client (first user, ``aud`` = the
-        public client id); ``claims`` add or replace claims (``name=None`` removes one)."""
+        """A token as the PKCE flow gives the public client (first user, ``aud`` and
+        ``azp`` = :attr:`public_client_id`); ``claims`` add or replace claims
+        (``name=None`` removes one)."""
         self._running()
         return self._tenant.sign(self._tenant.public_claims(None, claims), None, None)
 

@@ -31,12 +31,11 @@ def bound_environment(ias: IASEmulator, *, prefix: str, **settings: Any) -> dict
     """This process's environment plus what a deployed app bound to ``ias`` would see:
     ``VCAP_SERVICES`` with its bindings, and ``<prefix>_<key>`` variables holding the JSON
     of ``settings`` (read them with ``app.config.from_prefixed_env(prefix)``). The emulator's
-    CA and public client are trusted unless ``settings`` say otherwise."""
+    CA is trusted unless ``settings`` say otherwise."""
     environment = dict(os.environ)
     environment["VCAP_SERVICES"] = json.dumps(ias.vcap_services())
     values: dict[str, Any] = {
         "IAS_PKCE_VERIFY": ias.ca_file,
-        "IAS_PKCE_ACCEPTED_AUDIENCES": [ias.public_client_id],
         **settings,
     }
     for key, value in values.items():
