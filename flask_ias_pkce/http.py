@@ -81,14 +81,11 @@ class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
         timer.start()
         try:
             response = super().getresponse()
-        except Exception:
-            if expired.is_set():
-                raise TimeoutError("the answer's head took too long") from None
-            raise
         finally:
             timer.cancel()
-        if expired.is_set():
-            raise TimeoutError("the answer's head took too long")
+            if expired.is_set():
+                # Whatever the cut connection gave (an error, or a head cut short).
+                raise TimeoutError("the answer's head took too long")
         return response
 
 

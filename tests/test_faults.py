@@ -30,7 +30,7 @@ from jose import jwt
 from werkzeug.test import TestResponse
 
 from flask_ias_pkce.constants import EXTENSION_NAME, RETRY_AFTER_SECONDS
-from flask_ias_pkce.http import HttpPolicy
+from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator, _pki
 from flask_ias_pkce.verify import rsa_signing_keys
 
@@ -811,7 +811,13 @@ def test_exchanged_token_with_hostile_structure_is_502(
     assert all(record.exc_info is None for record in caplog.records)
 
 
-def test_exchanged_token_of_another_tenant_is_502(
+def test_exchanged_token_of_another_tenant_is_502(caplog: pytest.LogCaptureFixture) -> None:
+    # The IAS tenant hosts both application tenants, so its JWKS answers for either.
+    with IASEmulator(extra_app_tids=("another-tenant",)) as ias:
+        _exchanged_token_of_another_tenant_is_502(ias, caplog)
+
+
+def _exchanged_token_of_another_tenant_is_502(
     ias_emulator: IASEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = build_app(ias_emulator)
@@ -872,6 +878,7 @@ def test_rsa_key_under_2048_bits_in_the_jwks_verifies_nothing(ias_emulator: IASE
         pytest.param({"n": "A" * 1400, "e": "AQAB"}, id="modulus over 8192 bits"),
         pytest.param({"e": "A" * 1400}, id="exponent over 8192 bits"),
         pytest.param({"n": 5, "e": "AQAB"}, id="modulus a number"),
+        pytest.param({"n": None, "e": None, "value": "P" * 4000}, id="PEM too long"),
     ],
 )
 def test_absurd_rsa_numbers_are_refused_before_they_are_decoded(entry: dict[str, Any]) -> None:
@@ -883,3 +890,41 @@ def test_absurd_rsa_numbers_are_refused_before_they_are_decoded(entry: dict[str,
 
     assert set(keys) == {"good"}
     assert construct.call_count == 1  # the good key only: the absurd one was never decoded
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"n": "!!!", "e": "AQAB"}, id="modulus not base64url"),
+        pytest.param(
+            {"value": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}, id="PEM broken"
+        ),
+    ],
+)
+def test_broken_rsa_numbers_are_skipped(entry: dict[str, Any]) -> None:
+    _, good = rsa_jwk("good", 2048)
+    broken = {key: value for key, value in {**good, "kid": "broken", **entry}.items() if value}
+    if "value" in entry:
+        broken = {key: value for key, value in broken.items() if key not in ("n", "e")}
+
+    assert set(rsa_signing_keys([good, broken], "test")) == {"good"}
+
+
+def test_a_session_used_outside_a_call_has_no_deadline_of_ours(ias_emulator: IASEmulator) -> None:
+    # The deadline is the policy's, set by call(); a bare request keeps requests' own rules.
+    session = new_session()
+    try:
+        answer = session.get(
+            ias_emulator.issuer + JWKS_PATH, verify=ias_emulator.ca_file, timeout=5
+        )
+    finally:
+        session.close()
+
+    assert answer.status_code == 200
+
+
+def test_calls_through_a_proxy_keep_the_deadline_on_the_head() -> None:
+    adapter = new_session().get_adapter("https://localhost")
+    manager = adapter.proxy_manager_for("http://127.0.0.1:9")
+
+    assert manager.pool_classes_by_scheme["https"].__name__ == "_DeadlineHTTPSConnectionPool"

@@ -263,3 +263,44 @@ def test_a_cached_token_is_served_after_its_signing_key_left_the_jwks(
     assert cached.json is not None
     assert cached.json["from_cache"] is True
     assert refused.status_code == 401  # a token not cached yet meets the new key set
+
+
+def test_proven_issuers_and_tenant_sets_are_kept_least_recently_used_first_out(
+    ias_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flask_ias_pkce.verify._MAX_PROVEN_ISSUERS", 1)
+    monkeypatch.setattr("flask_ias_pkce.verify._MAX_TENANT_SETS", 1)
+    clock = FakeClock(time.time())
+    session = new_session()
+    policy = HttpPolicy(verify=ias_emulator.ca_file, retries=0)
+    keys = JWKSCache(session, policy=policy, client_id=ias_emulator.client_id, clock=clock)
+    port = urlsplit(ias_emulator.url).port
+    verifier = TokenVerifier(
+        keys, domains=["localhost", "127.0.0.1"], leeway=60, clock=clock, ports=(None, 443, port)
+    )
+    audience = [ias_emulator.public_client_id]
+    keys.proven("https://other.localhost")  # unknown: nothing to promote
+    for tenant in ("a", "b", "a"):
+        verifier.verify(passthrough_token(ias_emulator, app_tid=tenant), audience=audience)
+    # One tenant set kept: "a" was fetched again after "b" took its place.
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [None, "a", "b", "a"]
+
+    # A second issuer (the same emulator by its address) verifies a token: one proven
+    # issuer is kept, so the first must be looked up again.
+    second = f"https://127.0.0.1:{port}"
+    ias_emulator.inject(DISCOVERY, body={"issuer": second, "jwks_uri": second + CERTS})
+    verifier.verify(passthrough_token(ias_emulator, ias_iss=second), audience=audience)
+    before = discovery_calls(ias_emulator)
+    verifier.verify(passthrough_token(ias_emulator), audience=audience)
+    session.close()
+
+    assert discovery_calls(ias_emulator) == before + 1
+
+
+def test_a_binding_url_outside_its_domains_has_no_home_issuer(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator, IAS_PKCE_DOMAINS=["elsewhere.example"]).test_client()
+
+    answer = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+
+    assert answer.status_code == 401
+    assert ias_emulator.calls == []

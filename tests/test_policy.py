@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -361,3 +362,16 @@ def test_init_app_twice_on_one_app_is_a_clear_error(ias_emulator: IASEmulator) -
     with pytest.raises(RuntimeError, match="already initialised on this app"):
         IASPKCE().init_app(app)
     assert app.before_request_funcs[None] == hooks
+
+
+def test_a_mark_after_an_app_is_gone_is_harmless(ias_emulator: IASEmulator) -> None:
+    app, ext = _app(ias_emulator)
+    ext.init_app(app)
+    del app
+    gc.collect()
+
+    @ext.required
+    def view() -> str:
+        return "view"
+
+    assert callable(view)
