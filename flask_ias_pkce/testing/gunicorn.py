@@ -111,8 +111,7 @@ class GunicornServer:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
             except (requests.ConnectionError, requests.Timeout):
-                # The listener accepts before a worker has booted: on a loaded machine the
-                # first answer can take longer than the one-second probe.
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
