@@ -293,6 +293,6 @@ def _unverified_zone(token: str) -> str | None:
     it only names which zone's keys to fetch, as in SAP's libraries."""
     try:
         zone = jwt.get_unverified_claims(token).get("zid")
-    except (JOSEError, AttributeError):
+    except (JOSEError, AttributeError, RecursionError):  # RecursionError: hostile nesting
         return None
     return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None
