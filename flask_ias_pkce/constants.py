@@ -50,8 +50,9 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
 #: configuration table is built from this and :data:`CONFIG_DEFAULTS` (a test checks that
 #: every key has a description).
 CONFIG_DOCS: Final[dict[str, str]] = {
-    "IAS_PKCE_ENABLED": "``False`` turns the extension off: the hook lets every request "
-    "through and ``current_token`` is empty (for tests of the host app).",
+    "IAS_PKCE_ENABLED": "``False`` turns the extension off: ``init_app`` looks up no "
+    "binding, the hook lets every request through and ``current_token`` is empty (for "
+    "tests of the host app).",
     "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
     '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
     "``@ias.required`` do.",

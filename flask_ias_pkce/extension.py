@@ -3,14 +3,16 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import time
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
@@ -27,7 +29,14 @@ from . import http, signals
 from .bearer import bearer_credentials
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
-from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
+from .config import (
+    ConfigError,
+    Settings,
+    UnknownConfigKeyWarning,
+    foreign_audiences_warning,
+    is_enabled,
+    load_settings,
+)
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
 from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, InvalidToken, MissingToken
@@ -125,13 +134,20 @@ class IASPKCE:
             tokens in; by default the extension makes its own from ``IAS_PKCE_CACHE_*``.
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
+        :raises RuntimeError: flask-ias-pkce is already initialised on ``app``.
         """
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "flask-ias-pkce is already initialised on this app: call init_app once per app"
             )
+        _warn_unknown_keys(app.config)
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
+        if not is_enabled(app.config):
+            # Off means off: no binding is looked up, no hook runs, current_token stays
+            # empty. Host apps' tests that do not care about tokens need no IAS at all.
+            logger.info("flask-ias-pkce is disabled (IAS_PKCE_ENABLED = False)")
+            return
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
         audience_warning = foreign_audiences_warning(settings)
@@ -284,8 +300,6 @@ class IASPKCE:
 
     def _authenticate_request(self, state: _State) -> None:
         settings = state.settings
-        if not settings.enabled:
-            return
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
         if current.method == "OPTIONS" and _is_automatic_options(current):
@@ -353,6 +367,36 @@ def _home_issuer(bindings: Bindings, ports: tuple[int | None, ...]) -> str | Non
         return issuer_origin(bindings.identity.url, domains, ports)
     except InvalidToken:
         return None
+
+
+def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
+    """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
+    leave its default in force without a word."""
+    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in _CACHE_DEFAULTS)]
+    # Compared without the common prefix, which would make every key look alike.
+    suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
+    for key in sorted(config):
+        if not key.startswith("IAS_PKCE_") or key in known:
+            continue
+        closest = difflib.get_close_matches(key.removeprefix("IAS_PKCE_"), suffixes, n=1)
+        hint = f"did you mean {suffixes[closest[0]]}?" if closest else "no known key is close"
+        warnings.warn(
+            f"flask-ias-pkce reads no config key {key}: {hint} (its value is ignored)",
+            UnknownConfigKeyWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package
+    (``IASPKCE(app)`` or ``init_app``, whichever the host app called)."""
+    package = os.path.dirname(__file__)
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _app() -> Flask:
