@@ -58,6 +58,7 @@ SAP_MISSING = "sap-xssec not installed: pip install -r benchmarks/requirements.t
 
 BARE = "bare route (baseline)"
 OURS = "protected, in-process cache"
+OURS_GROUPS = "protected + require_groups, in-process cache"
 OURS_REDIS_L1 = "protected, Redis + in-process tier"
 OURS_REDIS_ONLY = "protected, Redis only (wall clock)"
 NAIVE_JOSE = "naive middleware: python-jose verify on every request"
@@ -87,15 +88,17 @@ def ias_config(ias: IASEmulator, **more: Any) -> dict[str, Any]:
     }
 
 
-def protected_app(ias: IASEmulator, **config: Any) -> Flask:
-    """``/api/me`` protected by flask-ias-pkce; its view reads the token's claims."""
+def protected_app(ias: IASEmulator, *, groups: tuple[str, ...] = (), **config: Any) -> Flask:
+    """``/api/me`` protected by flask-ias-pkce (and ``require_groups(*groups)`` when
+    given); its view reads the token's claims."""
     app = Flask("protected")
     app.config.update(ias_config(ias, **config))
-    IASPKCE(app)
+    ias_pkce = IASPKCE(app)
 
-    @app.get("/api/me")
     def me() -> str:
         return str(current_token.claims.get("sub"))
+
+    app.get("/api/me")(ias_pkce.require_groups(*groups)(me) if groups else me)
 
     return app
 
@@ -279,6 +282,8 @@ def variants(ias: IASEmulator, redis: RedisServer) -> Iterator[dict[str, Callabl
     runs = {
         BARE: request_of(bare_app(), token),
         OURS: request_of(protected_app(ias), token),
+        # The emulator's first user is in "Admins": the check passes on every request.
+        OURS_GROUPS: request_of(protected_app(ias, groups=("Auditors", "Admins")), token),
         OURS_REDIS_L1: request_of(protected_app(ias, **shared), token),
         OURS_REDIS_ONLY: request_of(protected_app(ias, **shared, IAS_PKCE_L1_SIZE=0), token),
         NAIVE_JOSE: request_of(python_jose_app(ias), token),
@@ -350,6 +355,13 @@ def figures(
         )
         for name, value in added.items()
     ]
+    lines.append(
+        Figure(
+            SECTION,
+            "added µs/request by require_groups (vs protected)",
+            f"{micros[OURS_GROUPS] - micros[OURS]:.1f}",
+        )
+    )
     lines += json_view_figures(micros)
     ours = added[OURS]
     jose_times = added[NAIVE_JOSE] / ours if ours > 0 else None

@@ -30,6 +30,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .bearer import parse_bearer
 from .bindings import BindingError
+from .cache import shared_backend
 from .config import ConfigError, foreign_audiences_warning
 from .constants import EXTENSION_NAME
 from .errors import IASPKCEError
@@ -163,6 +164,7 @@ def _check() -> None:
         steps.warned("audience", audience_warning)
     trust = "the system CA bundle" if settings.verify is True else str(settings.verify)
     steps.detail(f"TLS: IAS certificate verified against {trust}")
+    _check_cache(steps, state)
 
     # The calls the key cache makes for the binding's own tenant, step by step.
     keys = state.keys
@@ -208,6 +210,25 @@ def _check() -> None:
     click.echo(steps.summary())
     if steps.counts["failed"]:
         sys.exit(1)
+
+
+def _check_cache(steps: _Steps, state: _State) -> None:
+    """Which cache is in use; for a shared one (Redis, its Cluster, Sentinel) one PING."""
+    backend = state.authenticator.cache.backend
+    shared = shared_backend(backend)
+    if shared is None:
+        steps.detail(f"cache: in-process ({type(backend).__name__}), not shared between processes")
+        return
+    started = time.perf_counter()
+    problem = shared.check()
+    if problem is None:
+        steps.passed("cache", f"{shared.mode} at {shared.where}: PING ({_milliseconds(started)})")
+    else:
+        steps.failed("cache", f"{shared.mode} at {shared.where} did not answer PING: {problem}")
+        steps.detail(
+            "requests are still served, but processes do not share exchanged tokens: "
+            "each exchanges on its own"
+        )
 
 
 def _tls_diagnosis(origin: str, verify: bool | str, timeout: float, trust: str) -> str:

@@ -14,6 +14,7 @@ from .context import TokenContext
 from .errors import IASRefused, InvalidToken
 from .exchange import ExchangeClient
 from .verify import TokenVerifier, audiences
+from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -29,7 +30,7 @@ class Authenticator:
         exchanger: ExchangeClient,
         cache: TokenCache,
         clock: Callable[[], float],
-        xsuaa: Callable[[TokenContext], str] | None = None,
+        xsuaa: XsuaaHop | None = None,
     ) -> None:
         self.settings = settings
         self.verifier = verifier

@@ -18,6 +18,7 @@ SECTIONS = (
     "4 burst (one fresh token)",
     "5 growth (cached tokens)",
     "6 network (IAS 20 ms away)",
+    "7 shared cache: hit cost per Redis topology",
 )
 
 
@@ -44,6 +45,7 @@ def test_quick_run_reports_every_section() -> None:
         "wave latency p50 / p99 ms",
         "NO single flight",
         "bytes per cached token",
+        "TLS / plain; cluster / plain",
     ):
         assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
 

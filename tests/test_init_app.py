@@ -225,6 +225,7 @@ def test_known_keys_and_other_prefixes_do_not_warn(
             ias_emulator,
             IAS_PKCE_PROTECT="marked",
             IAS_PKCE_CACHE_DEFAULT_TIMEOUT=60,
+            IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT=0.5,  # read by our Redis backend
             CACHE_TYPE="NullCache",
             IAS_PKCEX="not ours",
         )
