@@ -71,6 +71,8 @@ class IdentityBinding(_MaskedRepr):
     app_tid: str | None
     credential_type: str | None
     source: str
+    #: The binding's ``certificate_expires_at`` as given (ISO 8601), when it has one.
+    certificate_expires_at: str | None = None
 
     @property
     def uses_certificate(self) -> bool:
@@ -281,6 +283,7 @@ def _identity_from(
         app_tid=text("app_tid") or text("zone_uuid"),
         credential_type=credential_type,
         source=source,
+        certificate_expires_at=text("certificate_expires_at"),
     )
     _check_credentials(binding)
     return binding

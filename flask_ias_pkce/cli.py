@@ -31,6 +31,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from .bearer import parse_bearer
 from .config import foreign_audiences_warning
 from .constants import EXTENSION_NAME
+from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
 from .extension import _State
 
@@ -131,6 +132,7 @@ def check() -> None:
         + (bindings.xsuaa.source if bindings.xsuaa is not None else "app.config")
     )
     steps.detail(f"accepted audiences {sorted(settings.accepted_audiences)}")
+    _check_certificate_expiry(steps, state)
     audience_warning = foreign_audiences_warning(settings)
     if audience_warning is not None:
         steps.warned("audience", audience_warning)
@@ -179,6 +181,19 @@ def check() -> None:
     click.echo(steps.summary())
     if steps.counts["failed"]:
         sys.exit(1)
+
+
+def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
+    credentials = state.authenticator.exchanger.credentials
+    expiry = credentials.expiry()
+    if expiry is None:
+        return
+    remaining = expiry - time.time()
+    line = f"client certificate expires on {expiry_date(expiry)} (in {remaining / 86400:.1f} days)"
+    if remaining <= EXPIRY_WARNING_SECONDS:
+        steps.warned("certificate", f"{line}: renew the binding")
+    else:
+        steps.passed("certificate", line)
 
 
 def _tls_diagnosis(origin: str, verify: bool | str, timeout: float, trust: str) -> str:

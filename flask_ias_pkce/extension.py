@@ -10,13 +10,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
 
 import requests
-from flask import Blueprint, Flask, Request, current_app, g, request
+from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
 from flask_caching import Cache
 from flask_caching.backends.base import BaseCache
 from flask_caching.backends.nullcache import NullCache
@@ -28,8 +29,21 @@ from .bearer import bearer_credentials
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
 from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
-from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
+from .constants import (
+    BINDING_POLL_SECONDS,
+    CONFIG_DEFAULTS,
+    EXTENSION_NAME,
+    G_ATTRIBUTE,
+    INCOMING_CORRELATION_HEADERS,
+)
 from .context import TokenContext, current_token
+from .credentials import (
+    BindingWatcher,
+    ClientIdentity,
+    CredentialReloader,
+    Credentials,
+    identity_credentials,
+)
 from .errors import IASPKCEError, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
@@ -84,6 +98,8 @@ class _State:
     authenticator: Authenticator
     keys: JWKSCache
     policy: http.HttpPolicy
+    reloader: CredentialReloader | None = None
+    watcher: BindingWatcher | None = None
     modes: dict[str, str] = field(default_factory=dict)
 
 
@@ -127,9 +143,19 @@ class IASPKCE:
         if audience_warning is not None:
             logger.warning("%s", audience_warning)
         policy = http.HttpPolicy(
-            verify=settings.verify, timeout=settings.timeout, retries=settings.retries
+            verify=settings.verify,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            correlation_id=correlation_id,
         )
-        exchanger = ExchangeClient(bindings.identity, policy=policy, use_token=settings.use_token)
+        exchanger = ExchangeClient(
+            bindings.identity,
+            policy=policy,
+            use_token=settings.use_token,
+            resources=settings.resources,
+            clock=self._clock,
+            credentials=identity_credentials(bindings.identity),
+        )
         keys = JWKSCache(
             exchanger.session,
             policy=policy,
@@ -160,6 +186,7 @@ class IASPKCE:
                 policy=policy,
                 cache=token_cache,
                 leeway=settings.leeway,
+                min_remaining=settings.min_remaining,
                 clock=self._clock,
                 app_tid=bindings.identity.app_tid,
             )
@@ -176,6 +203,7 @@ class IASPKCE:
         )
         state = _State(settings, authenticator, keys, policy)
         app.extensions[EXTENSION_NAME] = state
+        self._watch_credentials(app, state, exchanger, xsuaa_hop)
         # The hook is bound to this app's state: no lookup of the app on the hot path.
         app.before_request(functools.partial(self._authenticate_request, state))
         logger.info(
@@ -185,6 +213,63 @@ class IASPKCE:
             type(backend).__name__,
             "off" if xsuaa_hop is None else "mTLS" if xsuaa_hop.uses_certificate else "secret",
         )
+
+    def _watch_credentials(
+        self, app: Flask, state: _State, exchanger: ExchangeClient, xsuaa_hop: XsuaaHop | None
+    ) -> None:
+        # The app only by weak reference: neither the reloader nor the watcher thread may
+        # keep an app alive (Flask's extension rules).
+        app_ref = weakref.ref(app)
+        config = app.config
+
+        def announce(credentials: Credentials, expiry: float) -> None:
+            sender = app_ref()
+            if sender is not None and signals.credentials_expiring.receivers:
+                signals.credentials_expiring.send(
+                    sender,
+                    binding=credentials.name,
+                    expires_at=expiry,
+                    remaining=expiry - self._clock(),
+                )
+
+        reloader = CredentialReloader(
+            lambda: load_bindings(config, os.environ),
+            exchanger.credentials,
+            xsuaa_hop.credentials if xsuaa_hop is not None else None,
+            clock=self._clock,
+            announce=announce,
+        )
+        exchanger.reread = reloader.reread
+        if xsuaa_hop is not None:
+            xsuaa_hop.reread = reloader.reread
+        state.reloader = reloader
+        reloader.check_expiry()
+        root = os.environ.get("SERVICE_BINDING_ROOT")
+        if root and os.path.isdir(root):
+            state_ref = weakref.ref(state)
+            state.watcher = BindingWatcher(
+                root,
+                reloader.reload,
+                alive=lambda: app_ref() is not None and state_ref() is not None,
+                interval=BINDING_POLL_SECONDS,
+            ).start()
+
+    def reload_credentials(self, app: Flask | None = None) -> bool:
+        """Read the app's bindings again from where they were found (``app.config``,
+        ``VCAP_SERVICES``, ``$SERVICE_BINDING_ROOT``) and use their certificate and key (or
+        secret) for the next call to IAS and XSUAA.
+
+        For apps that get new credentials some other way than files the extension watches.
+        Credentials that cannot be used (a binding that does not read, a certificate and
+        key that do not belong together, an expired certificate) change nothing.
+
+        :param app: the app; the current app when ``None``.
+        :returns: whether other credentials are in use now.
+        """
+        target = app if app is not None else _app()
+        state: _State = target.extensions[EXTENSION_NAME]
+        assert state.reloader is not None
+        return state.reloader.reload()
 
     # -- policy -------------------------------------------------------------------------
 
@@ -293,19 +378,91 @@ class IASPKCE:
 
     # -- outbound -----------------------------------------------------------------------
 
-    def session(self) -> requests.Session:
+    def session(self, *, mtls: bool | None = None) -> requests.Session:
         """A :class:`requests.Session` that sends the request's exchanged token as Bearer.
 
-        Use it for calls to XSUAA-aware services inside a request. TLS verification is
-        ``requests``' default; the token is read at send time, per request.
+        Use it for calls to XSUAA-aware services inside a request. The token is read at
+        send time, per request; so is the client certificate.
+
+        :param mtls: ``True``: every HTTPS call also presents the binding's client
+            certificate (mTLS), as services on certificate routes that check a token's
+            ``cnf`` claim need; the key stays in memory, as for calls to IAS. ``None``
+            (the default): the certificate goes along when the request's exchanged token
+            is bound to it (carries ``cnf.x5t#S256``). ``False``: never.
+
+        TLS verification is ``requests``' default (``verify=`` per request overrides it).
         """
         session = requests.Session()
         session.auth = _CurrentTokenAuth()
+        if mtls is not False:
+            session.mount("https://", _DownstreamAdapter(always=mtls is True))
         return session
+
+
+class _DownstreamAdapter(http.ClientCertificateAdapter):
+    """Presents the current app's client certificate when asked to, or when the request's
+    token is bound to a certificate."""
+
+    def __init__(self, *, always: bool) -> None:
+        self._always = always
+        super().__init__(self._chosen_identity, pool_connections=10, pool_maxsize=10)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:
+        if self.identity() is None:
+            # No certificate to present: TLS exactly as requests does it.
+            return requests.adapters.HTTPAdapter.build_connection_pool_key_attributes(
+                self, request, verify, cert
+            )
+        return super().build_connection_pool_key_attributes(request, verify, cert)
+
+    def _chosen_identity(self) -> ClientIdentity | None:
+        if not self._always and not _certificate_bound(current_token):
+            return None
+        state: _State = _app().extensions[EXTENSION_NAME]
+        identity = state.authenticator.exchanger.credentials.identity
+        if identity is None:
+            raise RuntimeError("ias.session(mtls=True): the IAS binding has no client certificate")
+        return identity
+
+
+def _certificate_bound(token: Any) -> bool:
+    """Whether ``token`` (a TokenContext or nothing) carries ``cnf.x5t#S256`` (RFC 8705)."""
+    if not token:
+        return False
+    confirmation = token.claims.get("cnf")
+    return isinstance(confirmation, Mapping) and isinstance(confirmation.get("x5t#S256"), str)
 
 
 def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+_CORRELATION_ATTRIBUTE: Final = "_ias_pkce_correlation_id"
+
+
+def correlation_id() -> str:
+    """The correlation id of the current request: its ``X-Correlation-ID`` or
+    ``X-Vcap-Request-Id`` when that is a short token of safe characters, else a new one
+    (the same for the whole request). Outside a request, a new one per call.
+
+    Worked out only when a call to IAS or XSUAA is made or a line is logged: a cache hit
+    never needs it.
+    """
+    if not has_request_context():
+        return http.new_correlation_id()
+    known: str | None = g.get(_CORRELATION_ATTRIBUTE)
+    if known is None:
+        headers = request.headers
+        for name in INCOMING_CORRELATION_HEADERS:
+            known = http.checked_correlation_id(headers.get(name))
+            if known is not None:
+                break
+        else:
+            known = http.new_correlation_id()
+        setattr(g, _CORRELATION_ATTRIBUTE, known)
+    return known
 
 
 def _report_exchange(context: TokenContext, duration: float) -> None:
@@ -314,12 +471,13 @@ def _report_exchange(context: TokenContext, duration: float) -> None:
     issuer = claims.get("ias_iss", claims.get("iss"))
     # The endpoint, not the path: paths can hold user data (and, decoded, line breaks).
     logger.info(
-        "Token %s for %s %s (issuer %s, %.0f ms)",
+        "Token %s for %s %s (issuer %s, %.0f ms, correlation %s)",
         "passed through, it carries the XSUAA audience," if context.passthrough else "exchanged",
         request.method,
         request.endpoint,
         issuer,
         duration * 1000,
+        correlation_id(),
     )
     if signals.token_exchanged.receivers:
         signals.token_exchanged.send(
@@ -348,9 +506,10 @@ def _report_refusal(error: IASPKCEError, duration: float) -> None:
         signal = signals.token_rejected
     logger.log(
         level,
-        "Refused %s %s: %d %s, reason %s",
+        "Refused %s %s (correlation %s): %d %s, reason %s",
         request.method,
         request.endpoint,
+        correlation_id(),
         code,
         error.error,
         error.reason,

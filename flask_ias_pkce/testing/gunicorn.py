@@ -110,7 +110,10 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # The socket listens before a worker has booted: a request waits in the
+                # backlog, and a worker that boots in more than a second (a loaded
+                # machine) made the first one time out.
                 pass
             time.sleep(0.1)
         self.stop()
