@@ -106,6 +106,8 @@ class Bindings:
     xsuaa: XsuaaBinding | None
     xsuaa_client_id: str
     redis_url: str | None
+    #: The bound Redis runs in cluster mode (the ``redis-cache`` binding's ``cluster_mode``).
+    redis_cluster: bool = False
 
     def __repr__(self) -> str:
         # The Redis URL carries the Redis password.
@@ -115,7 +117,8 @@ class Bindings:
             redis_url = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
         return (
             f"Bindings(identity={self.identity!r}, xsuaa={self.xsuaa!r}, "
-            f"xsuaa_client_id={self.xsuaa_client_id!r}, redis_url={redis_url!r})"
+            f"xsuaa_client_id={self.xsuaa_client_id!r}, redis_url={redis_url!r}, "
+            f"redis_cluster={self.redis_cluster!r})"
         )
 
 
@@ -175,7 +178,8 @@ def load_bindings(
     quiet = _text_setting(config, "IAS_PKCE_CACHE_REDIS_URL") is not None
     redis_found = _select(groups, _REDIS_LABELS, None, several, quiet)
     redis_url = _redis_url(redis_found) if redis_found else None
-    return Bindings(identity, xsuaa, xsuaa_client_id, redis_url)
+    redis_cluster = _flag(redis_found.credentials.get("cluster_mode")) if redis_found else False
+    return Bindings(identity, xsuaa, xsuaa_client_id, redis_url, redis_cluster)
 
 
 def _xsuaa_choice(
@@ -333,11 +337,16 @@ def _redis_url(found: _Found) -> str:
     if not host:
         raise BindingError(f"Redis binding {found.source} has neither 'uri' nor 'hostname'")
     # SAP's Redis always speaks TLS; plain redis:// only when the binding says so.
-    tls = str(credentials.get("tls", True)).strip().lower() not in ("false", "0", "no")
+    tls = _flag(credentials.get("tls", True))
     password = credentials.get("password")
     auth = f":{quote(str(password), safe='')}@" if password else ""
     port = credentials.get("port") or 6379
     return f"{'rediss' if tls else 'redis'}://{auth}{host}:{port}"
+
+
+def _flag(value: object) -> bool:
+    """A binding's boolean: JSON ``true``, or the text a Kubernetes secret file holds."""
+    return str(value).strip().lower() not in ("false", "0", "no", "", "none")
 
 
 def _text_setting(config: Mapping[str, Any], key: str) -> str | None:

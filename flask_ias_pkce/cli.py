@@ -24,12 +24,14 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import click
-from flask import current_app
-from flask.cli import AppGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, ScriptInfo
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .bearer import parse_bearer
-from .config import foreign_audiences_warning
+from .bindings import BindingError
+from .cache import shared_backend
+from .config import ConfigError, foreign_audiences_warning
 from .constants import EXTENSION_NAME
 from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
@@ -89,6 +91,12 @@ class _Steps:
 
 def _state() -> _State:
     state = current_app.extensions.get(EXTENSION_NAME)
+    if state is None and current_app.config.get("IAS_PKCE_ENABLED") is False:
+        click.echo(
+            "FAIL  extension    flask-ias-pkce is disabled on this app (IAS_PKCE_ENABLED = "
+            "False): no binding was read"
+        )
+        sys.exit(1)
     if state is None:
         click.echo(
             "FAIL  extension    flask-ias-pkce is not initialised on this app "
@@ -106,15 +114,35 @@ def _failure(error: IASPKCEError) -> str:
     return f"{error.code} {error.error}, reason {error.reason}: {error.description}"
 
 
-@ias_pkce.command("check")
+def _load_app() -> Flask:
+    """The app of the ``flask`` command, loaded here rather than by ``with_appcontext``: a
+    missing or broken binding makes ``init_app`` raise, and that is the check's first
+    finding, not a traceback."""
+    info = click.get_current_context().ensure_object(ScriptInfo)
+    try:
+        return info.load_app()
+    except (BindingError, ConfigError) as error:
+        step = "binding" if isinstance(error, BindingError) else "config"
+        click.echo(f"FAIL  {step:<12} {error}")
+        click.echo("result: FAILED (1 failed)")
+        sys.exit(1)
+
+
+@ias_pkce.command("check", with_appcontext=False)
 def check() -> None:
     """Check the binding, TLS, discovery, JWKS and client authentication at IAS.
 
     Prints one PASS, FAIL, SKIP or WARN line per step and exits with status 1 when a step
-    failed; a warning alone does not fail the check. Client authentication is tested with
-    an assertion no IAS accepts: ``invalid_grant`` is the expected answer,
+    failed; a warning alone does not fail the check, and a missing binding is a
+    ``FAIL binding`` line that says where it was looked for. Client authentication is
+    tested with an assertion no IAS accepts: ``invalid_grant`` is the expected answer,
     ``invalid_client`` means that the binding's credentials are wrong.
     """
+    with _load_app().app_context():
+        _check()
+
+
+def _check() -> None:
     state = _state()
     steps = _Steps()
     settings = state.settings
@@ -138,6 +166,7 @@ def check() -> None:
         steps.warned("audience", audience_warning)
     trust = "the system CA bundle" if settings.verify is True else str(settings.verify)
     steps.detail(f"TLS: IAS certificate verified against {trust}")
+    _check_cache(steps, state)
 
     # The calls the key cache makes for the binding's own tenant, step by step.
     keys = state.keys
@@ -161,6 +190,8 @@ def check() -> None:
     else:
         steps.passed("tls", f"connected to {urlsplit(origin).netloc}, certificate verified")
         steps.passed("discovery", f"jwks_uri {jwks_uri} ({_milliseconds(started)})")
+    if not connected:
+        steps.skipped("discovery", "needs a TLS connection")
     if jwks_uri is None:
         steps.skipped("jwks", "needs discovery")
     else:
@@ -194,6 +225,25 @@ def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
         steps.warned("certificate", f"{line}: renew the binding")
     else:
         steps.passed("certificate", line)
+
+
+def _check_cache(steps: _Steps, state: _State) -> None:
+    """Which cache is in use; for a shared one (Redis, its Cluster, Sentinel) one PING."""
+    backend = state.authenticator.cache.backend
+    shared = shared_backend(backend)
+    if shared is None:
+        steps.detail(f"cache: in-process ({type(backend).__name__}), not shared between processes")
+        return
+    started = time.perf_counter()
+    problem = shared.check()
+    if problem is None:
+        steps.passed("cache", f"{shared.mode} at {shared.where}: PING ({_milliseconds(started)})")
+    else:
+        steps.failed("cache", f"{shared.mode} at {shared.where} did not answer PING: {problem}")
+        steps.detail(
+            "requests are still served, but processes do not share exchanged tokens: "
+            "each exchanges on its own"
+        )
 
 
 def _tls_diagnosis(origin: str, verify: bool | str, timeout: float, trust: str) -> str:

@@ -13,7 +13,7 @@ import requests
 from . import http
 from .bindings import IdentityBinding
 from .constants import DISCOVERY_TTL_SECONDS, JWT_BEARER_GRANT
-from .credentials import ClientIdentity, Credentials, credentials_for
+from .credentials import ClientIdentity, Credentials, identity_credentials
 from .errors import IASRefused, InvalidToken
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -67,13 +67,7 @@ class ExchangeClient:
         self._endpoints: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._endpoints_lock = threading.Lock()
         #: The certificate or secret in use; replaced when the binding's files rotate.
-        self.credentials = credentials or credentials_for(
-            certificate=binding.certificate,
-            key=binding.key,
-            secret=binding.client_secret,
-            uses_certificate=binding.uses_certificate,
-            name=binding.source,
-        )
+        self.credentials = credentials or identity_credentials(binding)
         self.session = session or http.new_session(identity=self._identity, reread=self._reread)
         #: Reads the binding again (set by the extension); called once when IAS refuses
         #: our client or the TLS handshake fails, before the request is answered.

@@ -3,13 +3,14 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 
 from __future__ import annotations
 
-import functools
+import difflib
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,15 +29,23 @@ from . import http, signals
 from .bearer import bearer_credentials
 from .bindings import Bindings, load_bindings
 from .cache import TokenCache
-from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
+from .config import (
+    ConfigError,
+    Settings,
+    UnknownConfigKeyWarning,
+    foreign_audiences_warning,
+    is_enabled,
+    load_settings,
+)
 from .constants import (
     BINDING_POLL_SECONDS,
     CONFIG_DEFAULTS,
     EXTENSION_NAME,
     G_ATTRIBUTE,
     INCOMING_CORRELATION_HEADERS,
+    REDIS_CACHE_KEYS,
 )
-from .context import TokenContext, current_token
+from .context import TokenContext, current_token, resolve_g
 from .credentials import (
     BindingWatcher,
     ClientIdentity,
@@ -135,8 +144,14 @@ class IASPKCE:
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
         """
+        _warn_unknown_keys(app.config)
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
+        if not is_enabled(app.config):
+            # Off means off: no binding is looked up, no hook runs, current_token stays
+            # empty. Host apps' tests that do not care about tokens need no IAS at all.
+            logger.info("flask-ias-pkce is disabled (IAS_PKCE_ENABLED = False)")
+            return
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
         audience_warning = foreign_audiences_warning(settings)
@@ -176,8 +191,9 @@ class IASPKCE:
             _sealer(app, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
-            # A miss may take discovery, JWKS and the exchange, each up to the worst case.
-            wait_timeout=3 * policy.worst_case_seconds(),
+            # A miss may take discovery, JWKS, the token endpoint's discovery and the
+            # exchange, each up to the worst case.
+            wait_timeout=4 * policy.worst_case_seconds(),
             scope=settings.cache_scope(),
         )
         xsuaa_hop = (
@@ -204,8 +220,7 @@ class IASPKCE:
         state = _State(settings, authenticator, keys, policy)
         app.extensions[EXTENSION_NAME] = state
         self._watch_credentials(app, state, exchanger, xsuaa_hop)
-        # The hook is bound to this app's state: no lookup of the app on the hot path.
-        app.before_request(functools.partial(self._authenticate_request, state))
+        app.before_request(self._hook(state))
         logger.info(
             "flask-ias-pkce ready: binding from %s, %s, cache %s, XSUAA hop %s",
             bindings.identity.source,
@@ -264,11 +279,13 @@ class IASPKCE:
         key that do not belong together, an expired certificate) change nothing.
 
         :param app: the app; the current app when ``None``.
-        :returns: whether other credentials are in use now.
+        :returns: whether other credentials are in use now (never, when the extension is
+            disabled: it holds no credentials then).
         """
         target = app if app is not None else _app()
-        state: _State = target.extensions[EXTENSION_NAME]
-        assert state.reloader is not None
+        state: _State | None = target.extensions.get(EXTENSION_NAME)
+        if state is None or state.reloader is None:
+            return False
         return state.reloader.reload()
 
     # -- policy -------------------------------------------------------------------------
@@ -336,10 +353,19 @@ class IASPKCE:
 
     # -- the hook -----------------------------------------------------------------------
 
+    def _hook(self, state: _State) -> Callable[[], None]:
+        """The ``before_request`` function of one app, bound to its state: no lookup of
+        the app on the hot path. A plain function rather than a ``functools.partial``:
+        Flask asks :mod:`inspect` on every request whether each hook is a coroutine
+        function, and a partial of a method takes inspect's slow path (about 1 µs)."""
+
+        def authenticate_request() -> None:
+            self._authenticate_request(state)
+
+        return authenticate_request
+
     def _authenticate_request(self, state: _State) -> None:
         settings = state.settings
-        if not settings.enabled:
-            return
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
         if current.method == "OPTIONS" and _is_automatic_options(current):
@@ -347,7 +373,8 @@ class IASPKCE:
         mode = self._mode(state, current)
         if mode == SKIP:
             return
-        authorization = current.headers.get("Authorization")
+        # What ``headers.get("Authorization")`` returns, without its key normalisation.
+        authorization = current.environ.get("HTTP_AUTHORIZATION")
         token_in_query = b"access_token=" in current.query_string
         if mode == OPTIONAL and authorization is None and not token_in_query:
             setattr(g, G_ATTRIBUTE, None)
@@ -364,7 +391,7 @@ class IASPKCE:
             error.realm = settings.realm
             _report_refusal(error, time.perf_counter() - started)
             raise
-        setattr(g, G_ATTRIBUTE, context)
+        setattr(resolve_g(), G_ATTRIBUTE, context)
         if not context.from_cache:
             _report_exchange(context, time.perf_counter() - started)
         elif signals.cache_hit.receivers:
@@ -433,6 +460,37 @@ def _certificate_bound(token: Any) -> bool:
         return False
     confirmation = token.claims.get("cnf")
     return isinstance(confirmation, Mapping) and isinstance(confirmation.get("x5t#S256"), str)
+
+
+def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
+    """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
+    leave its default in force without a word."""
+    cache_keys = (*_CACHE_DEFAULTS, *REDIS_CACHE_KEYS)
+    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in cache_keys)]
+    # Compared without the common prefix, which would make every key look alike.
+    suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
+    for key in sorted(config):
+        if not key.startswith("IAS_PKCE_") or key in known:
+            continue
+        closest = difflib.get_close_matches(key.removeprefix("IAS_PKCE_"), suffixes, n=1)
+        hint = f"did you mean {suffixes[closest[0]]}?" if closest else "no known key is close"
+        warnings.warn(
+            f"flask-ias-pkce reads no config key {key}: {hint} (its value is ignored)",
+            UnknownConfigKeyWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package
+    (``IASPKCE(app)`` or ``init_app``, whichever the host app called)."""
+    package = os.path.dirname(__file__)
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _app() -> Flask:
@@ -586,12 +644,17 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
                 "pip install 'flask-ias-pkce[redis]'"
             )
         config["CACHE_TYPE"] = _SAFE_REDIS
-        config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
-        if not config["CACHE_REDIS_URL"]:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
-                "and no bound Redis service"
-            )
+        if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
+            config["CACHE_REDIS_URL"] = bindings.redis_url
+            # The binding says whether its Redis is a cluster, unless the config does.
+            if config.get("CACHE_REDIS_CLUSTER") is None:
+                config["CACHE_REDIS_CLUSTER"] = bindings.redis_cluster
+            if not config["CACHE_REDIS_URL"]:
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "
+                    "IAS_PKCE_CACHE_REDIS_URL, no IAS_PKCE_CACHE_REDIS_SENTINELS and no bound "
+                    "Redis service"
+                )
     else:
         # Refused before it is built when the name is a class: no connection, no files.
         factory = _backend_factory(cache_type)

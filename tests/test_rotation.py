@@ -393,3 +393,11 @@ def test_workers_forked_from_a_preloaded_app_watch_the_files(
 
     assert [call.status for call in ias.exchanges] == [200] * 7
     assert {call.client_thumbprint for call in ias.exchanges[1:]} == {new}
+
+
+def test_reload_credentials_of_a_disabled_extension_does_nothing() -> None:
+    app = Flask("disabled")
+    app.config["IAS_PKCE_ENABLED"] = False
+    extension = IASPKCE(app)
+
+    assert extension.reload_credentials(app) is False

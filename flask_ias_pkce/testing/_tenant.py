@@ -15,13 +15,14 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from flask_ias_pkce.testing import _login
 from flask_ias_pkce.testing._jws import InvalidTokenError, SigningKey, b64url, verify
 from flask_ias_pkce.testing._server import Request, Response
 
@@ -30,7 +31,13 @@ TOKEN_PATH = "/oauth2/token"
 #: The XSUAA service lives under this path of the same server (the xsuaa binding's ``url``).
 XSUAA_PREFIX = "/xsuaa"
 XSUAA_TOKEN_PATH = XSUAA_PREFIX + "/oauth/token"
-XSUAA_KEYS_PATH = XSUAA_PREFIX + "/token_keys"
+#: XSUAA's keys, at the root of its ``uaadomain`` host (the emulator's own server).
+XSUAA_KEYS_PATH = "/token_keys"
+AUTHORIZE_PATH = "/oauth2/authorize"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+#: What a browser app of an allowed origin may call across origins: discovery, the keys and
+#: the token endpoint (the authorize endpoint is a navigation, not a fetch).
+_CORS_PATHS = frozenset({DISCOVERY_PATH, "/oauth2/certs", TOKEN_PATH})
 
 _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
@@ -138,8 +145,12 @@ class Tenant:
         app_tid: str,
         extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         self.issuer = ""  # known once the server has a port
+        #: Origins (``scheme://host[:port]``) whose browser apps may call the tenant: IAS
+        #: answers CORS for the tenant's trusted domains only.
+        self.allowed_origins = set(allowed_origins)
         self.clock = clock
         self.token_lifetime = token_lifetime
         self.exchanged_token_lifetime = exchanged_token_lifetime
@@ -250,21 +261,44 @@ class Tenant:
 
     def route(self, request: Request, params: Params) -> Response:
         """Answer a request with IAS's behaviour; 404/405 JSON for anything else."""
-        routes: dict[str, tuple[str, Callable[[Request, Params], Response]]] = {
-            "/.well-known/openid-configuration": ("GET", self._discovery),
-            "/oauth2/certs": ("GET", self._certs),
-            "/oauth2/authorize": ("GET", self._authorize),
-            TOKEN_PATH: ("POST", self._token),
-            XSUAA_TOKEN_PATH: ("POST", self._xsuaa_token),
-            XSUAA_KEYS_PATH: ("GET", lambda request, params: json_response(200, self.xsuaa_keys())),
+        routes: dict[str, tuple[tuple[str, ...], Callable[[Request, Params], Response]]] = {
+            DISCOVERY_PATH: (("GET",), self._discovery),
+            "/oauth2/certs": (("GET",), self._certs),
+            # POST is the login page's form.
+            AUTHORIZE_PATH: (("GET", "POST"), self._authorize),
+            TOKEN_PATH: (("POST",), self._token),
+            XSUAA_TOKEN_PATH: (("POST",), self._xsuaa_token),
+            XSUAA_KEYS_PATH: (("GET",), self._xsuaa_token_keys),
         }
         if request.path not in routes:
             return json_response(404, {"error": "not_found", "error_description": "no endpoint"})
-        method, endpoint = routes[request.path]
-        if request.method != method:
-            payload = {"error": "invalid_request", "error_description": f"use {method}"}
-            return json_response(405, payload, {"Allow": method})
-        return endpoint(request, params)
+        methods, endpoint = routes[request.path]
+        cors = self._cors_headers(request)
+        if request.method == "OPTIONS" and request.path in _CORS_PATHS:
+            # A CORS preflight. Without an allowed Origin the answer carries no CORS
+            # headers, so the browser refuses the actual request.
+            preflight = {
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Allow-Headers": "Content-Type, Authorization",
+                "Access-Control-Max-Age": "600",
+            }
+            return Response(204, headers={**cors, **(preflight if cors else {})})
+        if request.method not in methods:
+            allowed = ", ".join(methods)
+            payload = {"error": "invalid_request", "error_description": f"use {allowed}"}
+            return json_response(405, payload, {"Allow": allowed})
+        response = endpoint(request, params)
+        if request.path in _CORS_PATHS:
+            response.headers.update(cors)
+        return response
+
+    def _cors_headers(self, request: Request) -> dict[str, str]:
+        # Unconfirmed detail: IAS answers CORS for the origins of the tenant's trusted
+        # domains; the exact header set it sends is modelled on the Fetch standard.
+        origin = request.headers.get("origin")
+        if origin is None or origin not in self.allowed_origins:
+            return {"Vary": "Origin"} if origin is not None else {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     def _certs(self, request: Request, params: Params) -> Response:
         """The JWKS, for the clients and tenant this IAS knows.
@@ -316,6 +350,12 @@ class Tenant:
         )
 
     def _authorize(self, request: Request, params: Params) -> Response:
+        if request.method == "POST":
+            # The login page's form: its authorize parameters plus the user picked or typed.
+            params = dict(params)
+            picked = params.pop(_login.PICK_FIELD, None)
+            if picked:
+                params["login_hint"] = picked
         query = {name: values[0] for name, values in params.items()}
         redirect_uri = query.get("redirect_uri", "")
         split = urlsplit(redirect_uri)
@@ -340,8 +380,18 @@ class Tenant:
             return refuse("invalid_request", "code_challenge_method must be S256")
         if not _CHALLENGE.fullmatch(query.get("code_challenge", "")):
             return refuse("invalid_request", "code_challenge is missing or malformed")
+        if request.method == "GET" and _login.wants_page(request.headers.get("accept")):
+            # A browser: the user signs in on the page first. Other clients are signed in
+            # at once as login_hint (or the first user), so tests run unattended.
+            page = _login.render(query, self.users, self.public_client_id)
+            return Response(200, page, dict(_login.PAGE_HEADERS))
         login_hint = query.get("login_hint") or next(iter(self.users))
         if login_hint not in self.users:
+            if request.method == "POST":
+                # IAS keeps the user on its page with a message, not a redirect.
+                error = f"There is no user {login_hint!r}."
+                page = _login.render(query, self.users, self.public_client_id, error)
+                return Response(200, page, dict(_login.PAGE_HEADERS))
             return refuse("access_denied", "unknown user")
         code = secrets.token_urlsafe(32)
         grant = _Grant(
@@ -522,6 +572,17 @@ class Tenant:
         )
         return {"keys": [{**key.public_jwk(), "value": pem}]}
 
+    def _xsuaa_token_keys(self, request: Request, params: Params) -> Response:
+        """XSUAA's keys of a zone: SAP's libraries ask ``<uaadomain>/token_keys?zid=<zid>``
+        (see :mod:`flask_ias_pkce.xsuaa`). Without ``zid`` the keys of the binding's zone
+        are served, as for legacy bindings. That XSUAA answers an unknown zone with 400 is
+        unconfirmed; the emulator refuses it so that a wrong zone cannot go unnoticed."""
+        zone = params.get("zid", [self.app_tid])[0]
+        if zone not in self.app_tids:
+            payload = {"error": "invalid_request", "error_description": "unknown zid"}
+            return json_response(400, payload)
+        return json_response(200, self.xsuaa_keys())
+
     def _authenticate_xsuaa(self, request: Request, form: dict[str, str]) -> None:
         # XSUAA takes the secret at its url and the certificate at its certurl; the
         # emulator serves both on one port, so it accepts whichever the client presents.
@@ -549,7 +610,7 @@ class Tenant:
             if not form.get("assertion"):
                 raise _OAuthError("invalid_request", "assertion is missing")
             zone = request.headers.get("x-zid")
-            if zone is not None and zone != self.app_tid:
+            if zone is not None and zone not in self.app_tids:
                 raise _OAuthError("invalid_request", "unknown identity zone (x-zid)")
             ias = self._verify_assertion(form["assertion"])
             audience = ias.get("aud")
@@ -559,11 +620,12 @@ class Tenant:
         except _OAuthError as error:
             return _error_response(request, error)
         now = int(self.clock())
+        zid = zone or self.app_tid  # the token is issued in the zone the client named
         user = str(ias.get("user_uuid") or ias.get("sub"))
         scope = ["openid", f"{self.xsappname}.Read"]
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
-            "ext_attr": {"enhancer": "XSUAA", "subaccountid": self.app_tid, "zdn": "emulator"},
+            "ext_attr": {"enhancer": "XSUAA", "subaccountid": zid, "zdn": "emulator"},
             "sub": user,
             "scope": scope,
             "client_id": self.xsuaa_client_id,
@@ -577,12 +639,13 @@ class Tenant:
             "iat": now,
             "exp": now + self.xsuaa_token_lifetime,
             "iss": self.xsuaa_issuer,
-            "zid": self.app_tid,
+            "zid": zid,
             "aud": [self.xsuaa_client_id, self.xsappname],
         }
         if isinstance(ias.get("email"), str):
             claims["email"] = ias["email"]
-        token = self._xsuaa_signing_key().sign(claims, {"jku": self.issuer + XSUAA_KEYS_PATH})
+        jku = f"{self.issuer}{XSUAA_KEYS_PATH}?zid={zid}"
+        token = self._xsuaa_signing_key().sign(claims, {"jku": jku})
         answer = {
             "access_token": token,
             "token_type": "bearer",

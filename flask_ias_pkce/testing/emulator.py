@@ -5,9 +5,9 @@ It speaks the IAS endpoints flask-ias-pkce uses (discovery, ``/oauth2/certs``,
 public client and the jwt-bearer grant of the application), so apps are tested against the
 real protocol, TLS and client certificates included, without SAP. It also plays the
 XSUAA service under ``/xsuaa`` (``/oauth/token`` for the jwt-bearer grant that turns an
-IAS token into an XSUAA token, and ``/token_keys``). This module is the
-harness (lifecycle, certificates, bindings, call record, faults); the protocol itself lives
-in :mod:`._tenant`.
+IAS token into an XSUAA token), with its ``/token_keys`` on its ``uaadomain``, this server.
+This module is the harness (lifecycle, certificates, bindings, call record, faults); the
+protocol itself lives in :mod:`._tenant`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import requests
 from flask_ias_pkce.testing import _pki
 from flask_ias_pkce.testing._server import Request, Response, TLSServer
 from flask_ias_pkce.testing._tenant import (
+    AUTHORIZE_PATH,
     JWT_BEARER,
     TOKEN_PATH,
     XSUAA_PREFIX,
@@ -54,6 +55,22 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
 }
 #: Stands in for secrets in the call record, which ends up in assertion messages.
 _REDACTED = "<redacted>"
+
+
+def _setting_name(name: str) -> str:
+    """``protect`` is short for ``IAS_PKCE_PROTECT``; other names stay as they are."""
+    return f"IAS_PKCE_{name.upper()}" if name.islower() else name
+
+
+def _environment_text(value: Any) -> str:
+    """``value`` as an environment variable that ``from_prefixed_env`` reads back: text as
+    it is (a path stays readable), unless JSON would read it as something else."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,10 @@ class IASEmulator:
 
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
+    A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
+    signed in at once. ``allowed_origins`` (and :meth:`allow_origin`) are the origins whose
+    browser apps may call the token endpoint across origins (CORS). ``port`` fixes the
+    HTTPS port (default: a free one).
 
     The XSUAA service of :attr:`xsuaa_binding` answers on the same server; its binding holds
     a client secret (``xsuaa_credential_type="binding-secret"``) or a client certificate of
@@ -156,8 +177,12 @@ class IASEmulator:
         app_tid: str = DEFAULT_APP_TID,
         extra_app_tids: Iterable[str] = (),
         users: Mapping[str, Mapping[str, Any]] | None = None,
+        allowed_origins: Iterable[str] = (),
+        port: int = 0,
         certificate_bound_tokens: bool = False,
     ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be from 0 (a free one) to 65535")
         if credential_type not in ("X509_GENERATED", "SECRET"):
             raise ValueError("credential_type must be 'X509_GENERATED' or 'SECRET'")
         if xsuaa_credential_type not in ("binding-secret", "x509"):
@@ -178,7 +203,9 @@ class IASEmulator:
             app_tid=app_tid,
             extra_app_tids=frozenset(extra_app_tids),
             users=DEFAULT_USERS if users is None else users,
+            allowed_origins=allowed_origins,
         )
+        self._port = port
         self._tenant.certificate_bound_tokens = certificate_bound_tokens
         self._xsuaa_credential_type = xsuaa_credential_type
         self._ca: _pki.Issued | None = None
@@ -223,7 +250,7 @@ class IASEmulator:
             # Only our CA is trusted, so a certificate of another CA fails the handshake.
             context.verify_mode = ssl.CERT_OPTIONAL
             context.load_verify_locations(Path(tmpdir, "ca.pem"))
-            self._server = TLSServer(context, self._handle)
+            self._server = TLSServer(context, self._handle, self._port)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -415,7 +442,8 @@ class IASEmulator:
             "xsappname": self._tenant.xsappname,
             "url": self.xsuaa_url,
             "certurl": self.xsuaa_url,
-            "uaadomain": "localhost",
+            # XSUAA's domain, where its token_keys are: this server (a real one has no port).
+            "uaadomain": f"localhost:{self._running().port}",
             "identityzone": "emulator",
             "identityzoneid": self._tenant.app_tid,
             "tenantmode": "dedicated",
@@ -427,6 +455,48 @@ class IASEmulator:
         else:
             binding["clientsecret"] = self._tenant.xsuaa_client_secret
         return binding
+
+    def app_config(self, **extra: Any) -> dict[str, Any]:
+        """The ``IAS_PKCE_*`` settings of an app bound to this emulator, for ``app.config``.
+
+        They name the tenant, the app's credentials (certificate and key, or the secret),
+        the trusted domain, the tenant id, the XSUAA client id and the emulator's CA file.
+        The accepted audience is left at its default, the app's own client id: the public
+        client and the backend are one IAS application. ``extra`` adds to
+        them or wins over them: ``app_config(IAS_PKCE_PROTECT="marked", TESTING=True)``;
+        a lower-case name is short for its ``IAS_PKCE_`` key (``protect="marked"``).
+        """
+        binding = self.binding
+        config: dict[str, Any] = {
+            "IAS_PKCE_IAS_URL": binding["url"],
+            "IAS_PKCE_CLIENT_ID": binding["clientid"],
+            "IAS_PKCE_DOMAINS": list(binding["domains"]),
+            "IAS_PKCE_APP_TID": binding["app_tid"],
+            "IAS_PKCE_XSUAA_CLIENT_ID": self.xsuaa_client_id,
+            "IAS_PKCE_VERIFY": self.ca_file,
+        }
+        if "clientsecret" in binding:
+            config["IAS_PKCE_CLIENT_SECRET"] = binding["clientsecret"]
+        else:
+            config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
+            config["IAS_PKCE_KEY"] = binding["key"]
+        for name, value in extra.items():
+            config[_setting_name(name)] = value
+        return config
+
+    def app_environment(self, prefix: str = "FLASK", **extra: Any) -> dict[str, str]:
+        """The environment variables that bind an app to this emulator as a platform would:
+        ``VCAP_SERVICES`` with the ``identity`` and ``xsuaa`` bindings, and
+        ``<prefix>_IAS_PKCE_VERIFY`` (the CA file) for Flask's
+        ``app.config.from_prefixed_env(prefix)``. ``extra`` settings are added the same
+        way, as JSON unless they are text that JSON would read as something else."""
+        config = self.app_config(**extra)
+        wanted = {"IAS_PKCE_VERIFY", *map(_setting_name, extra)}
+        settings = {key: value for key, value in config.items() if key in wanted}
+        environment = {"VCAP_SERVICES": json.dumps(self.vcap_services())}
+        for key, value in settings.items():
+            environment[f"{prefix}_{key}"] = _environment_text(value)
+        return environment
 
     def vcap_services(self) -> dict[str, Any]:
         """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
@@ -452,6 +522,31 @@ class IASEmulator:
                 }
             ],
         }
+
+    def allow_origin(self, origin: str) -> None:
+        """Let browser apps served from ``origin`` (``http://127.0.0.1:5000``, no path)
+        call discovery, the keys and the token endpoint: IAS answers CORS only for the
+        tenant's trusted domains."""
+        split = urlsplit(origin)
+        if split.scheme not in ("http", "https") or not split.netloc or split.path:
+            raise ValueError("an origin is scheme://host[:port], without a path")
+        self._tenant.allowed_origins.add(origin)
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The origins :meth:`allow_origin` (or ``allowed_origins=``) let in."""
+        return frozenset(self._tenant.allowed_origins)
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """``<url>/oauth2/authorize``: a browser gets the login page, other clients are
+        signed in at once (as ``login_hint`` or the first user)."""
+        return self.url + AUTHORIZE_PATH
+
+    @property
+    def users(self) -> list[str]:
+        """The users' ``login_hint`` values (e-mail addresses), the default first."""
+        return list(self._tenant.users)
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -535,7 +630,7 @@ class IASEmulator:
             query["login_hint"] = login_hint
         with requests.Session() as session:
             answer = session.get(
-                self.url + "/oauth2/authorize",
+                self.authorize_endpoint,
                 params=query,
                 allow_redirects=False,
                 verify=verify,
@@ -587,7 +682,7 @@ class IASEmulator:
 
     @property
     def xsuaa_keys(self) -> dict[str, Any]:
-        """The key set served at XSUAA's ``/token_keys``."""
+        """The key set served at XSUAA's ``https://<uaadomain>/token_keys``."""
         return self._tenant.xsuaa_keys()
 
     def reset_calls(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -32,15 +31,7 @@ def bound_environment(ias: IASEmulator, *, prefix: str, **settings: Any) -> dict
     ``VCAP_SERVICES`` with its bindings, and ``<prefix>_<key>`` variables holding the JSON
     of ``settings`` (read them with ``app.config.from_prefixed_env(prefix)``). The emulator's
     CA is trusted unless ``settings`` say otherwise."""
-    environment = dict(os.environ)
-    environment["VCAP_SERVICES"] = json.dumps(ias.vcap_services())
-    values: dict[str, Any] = {
-        "IAS_PKCE_VERIFY": ias.ca_file,
-        **settings,
-    }
-    for key, value in values.items():
-        environment[f"{prefix}_{key}"] = json.dumps(value)
-    return environment
+    return {**os.environ, **ias.app_environment(prefix, **settings)}
 
 
 class GunicornServer:
@@ -50,6 +41,9 @@ class GunicornServer:
     :param environment: the child's environment (see :func:`bound_environment`).
     :param chdir: where gunicorn imports ``app`` from.
     :param workers: worker processes; ``threads`` > 1 selects the ``gthread`` worker.
+    :param worker_class: gunicorn's ``--worker-class`` (``"sync"``, ``"gthread"``,
+        ``"gevent"``, ...); by default chosen from ``threads`` as above. ``"gevent"``
+        needs the gevent package.
     :param ready_path: a path that answers 2xx once a worker serves (exempt from tokens).
 
     The listening socket is bound here and handed to gunicorn, so no other process can
@@ -64,6 +58,7 @@ class GunicornServer:
         chdir: str | Path | None = None,
         workers: int = 1,
         threads: int = 1,
+        worker_class: str | None = None,
         ready_path: str = "/health",
         startup_timeout: float = 30.0,
         extra_arguments: Sequence[str] = (),
@@ -78,7 +73,7 @@ class GunicornServer:
             "--bind", f"fd://{self._listener.fileno()}",
             "--workers", str(workers),
             "--threads", str(threads),
-            "--worker-class", "gthread" if threads > 1 else "sync",
+            "--worker-class", worker_class or ("gthread" if threads > 1 else "sync"),
             "--graceful-timeout", "2",
             "--log-level", "warning",
             *(["--chdir", str(chdir)] if chdir is not None else []),
@@ -111,9 +106,7 @@ class GunicornServer:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
             except (requests.ConnectionError, requests.Timeout):
-                # The socket listens before a worker has booted: a request waits in the
-                # backlog, and a worker that boots in more than a second (a loaded
-                # machine) made the first one time out.
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
