@@ -21,6 +21,12 @@ from flask import Flask
 
 from flask_ias_pkce import IASPKCE, signals
 from flask_ias_pkce.constants import BINDING_POLL_SECONDS, EXTENSION_NAME
+from flask_ias_pkce.credentials import (
+    BindingWatcher,
+    ClientIdentity,
+    parse_expires_at,
+    tree_fingerprint,
+)
 from flask_ias_pkce.testing import IASEmulator
 from flask_ias_pkce.testing.gunicorn import GunicornServer, bound_environment
 
@@ -344,19 +350,30 @@ def test_expiry_of_a_loaded_certificate_is_warned_of(
 
 
 def test_the_key_never_stays_on_disk(
-    ias_emulator: IASEmulator, root: Path, slow_watcher: None
+    ias_emulator: IASEmulator,
+    root: Path,
+    slow_watcher: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A temporary folder of this test's own: other processes on the machine use /tmp too.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     folder = root / "ias"
     write_plain(folder, binding_files(ias_emulator))
-    before = set(os.listdir(tempfile.gettempdir()))
     app = rotation_app(ias_emulator)
     client = app.test_client()
-    client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+    assert (
+        client.get("/api/me", headers=bearer(ias_emulator.issue_public_token())).status_code == 200
+    )
     write_plain(folder, binding_files(ias_emulator, ias_emulator.rotate_client_certificate()))
-    client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+    assert (
+        client.get("/api/me", headers=bearer(ias_emulator.issue_public_token())).status_code == 200
+    )
 
-    left = {name for name in set(os.listdir(tempfile.gettempdir())) - before}
-    assert not [name for name in left if name.startswith("ias-pkce-")]
+    assert [call.status for call in ias_emulator.exchanges] == [200, 401, 200]
+    assert os.listdir(private) == []
 
 
 def test_workers_forked_from_a_preloaded_app_watch_the_files(
@@ -401,3 +418,89 @@ def test_reload_credentials_of_a_disabled_extension_does_nothing() -> None:
     extension = IASPKCE(app)
 
     assert extension.reload_credentials(app) is False
+
+
+# -- the parts on their own ------------------------------------------------------------
+
+
+def test_a_pair_that_does_not_read_is_refused(ias_emulator: IASEmulator) -> None:
+    binding = ias_emulator.binding
+    with pytest.raises(ValueError, match="not PEM"):
+        ClientIdentity("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "x")
+    identity = ClientIdentity(binding["certificate"], binding["key"])
+    # Its repr names the certificate, never the key.
+    assert identity.thumbprint in repr(identity)
+    assert "PRIVATE" not in repr(identity)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-12-24T10:00:00Z", datetime.datetime(2026, 12, 24, 10, tzinfo=datetime.UTC)),
+        ("2026-12-24T10:00:00", datetime.datetime(2026, 12, 24, 10, tzinfo=datetime.UTC)),
+        ("2026-12-24T11:00:00+01:00", datetime.datetime(2026, 12, 24, 10, tzinfo=datetime.UTC)),
+        ("next tuesday", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_certificate_expires_at_is_read(
+    value: str | None, expected: datetime.datetime | None
+) -> None:
+    parsed = parse_expires_at(value)
+    assert parsed == (expected.timestamp() if expected is not None else None)
+
+
+def test_refusals_in_a_burst_read_the_files_once(
+    ias_emulator: IASEmulator, root: Path, slow_watcher: None
+) -> None:
+    write_plain(root / "ias", binding_files(ias_emulator))
+    app = rotation_app(ias_emulator)
+    reloader = app.extensions[EXTENSION_NAME].reloader
+    reads: list[int] = []
+    original = reloader.reload
+
+    def counted() -> bool:
+        reads.append(1)
+        return bool(original())
+
+    reloader.reload = counted
+    assert reloader.reread() is False  # nothing new: read, no change
+    assert reloader.reread() is False  # a moment later: not read again
+    assert reads == [1]
+
+
+def test_a_watcher_survives_a_failing_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("one")
+    failures: list[int] = []
+
+    def reload() -> None:
+        failures.append(1)
+        raise RuntimeError("boom")
+
+    watcher = BindingWatcher(str(tmp_path), reload, alive=lambda: True, interval=0.01).start()
+    try:
+        (tmp_path / "file").write_text("two")
+        assert wait_for(lambda: failures)
+        (tmp_path / "file").write_text("three")
+        assert wait_for(lambda: len(failures) >= 2)
+    finally:
+        watcher.stop()
+        watcher.thread.join(timeout=5)
+    assert not watcher.thread.is_alive()
+    assert "Watching the binding files" in caplog.text
+
+
+def test_an_unreadable_file_counts_as_a_change(tmp_path: Path) -> None:
+    target = tmp_path / "certificate"
+    target.write_text("pem")
+    before = tree_fingerprint(str(tmp_path))
+    target.chmod(0)
+    try:
+        readable = os.access(target, os.R_OK)  # root reads anything
+        after = tree_fingerprint(str(tmp_path))
+    finally:
+        target.chmod(0o600)
+    assert (after == before) is readable
