@@ -11,13 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import burst, exchange, growth, hot_path, over_http
+from . import burst, exchange, growth, hot_path, network, over_http
 from ._common import Figure, MissingProgramError, quick_parser, report
 
 SECTIONS: dict[str, Callable[[bool], Sequence[Figure]]] = {
     "hot_path": hot_path.figures,
     "over_http": over_http.figures,
     "exchange": exchange.figures,
+    "network": network.figures,
     "burst": burst.figures,
     "growth": growth.figures,
 }

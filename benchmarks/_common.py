@@ -40,6 +40,41 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Seconds per call: CPU time of the calling thread, and wall-clock time."""
+
+    cpu: float
+    wall: float
+
+
+def interleaved_costs(
+    variants: Mapping[str, Callable[[], None]], *, rounds: int, calls: int
+) -> dict[str, Cost]:
+    """The least per-call cost of each variant over ``rounds``, CPU and wall clock.
+
+    CPU time (:func:`time.thread_time`) leaves out the time the scheduler gives other
+    processes, which on a shared machine swamps a difference of a few microseconds; it
+    also leaves out waits for other processes (Redis), for which the wall clock is the
+    figure. Each round runs every variant once, starting with another one each round (the
+    first in line runs measurably faster), and the least of the rounds is the round least
+    disturbed: noise only ever adds.
+    """
+    names = list(variants)
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(rounds):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = variants[name]
+            cpu_start, wall_start = time.thread_time(), time.perf_counter()
+            for _ in range(calls):
+                run()
+            wall[name].append((time.perf_counter() - wall_start) / calls)
+            cpu[name].append((time.thread_time() - cpu_start) / calls)
+    return {name: Cost(min(cpu[name]), min(wall[name])) for name in names}
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table with aligned columns."""
     cells = [[str(cell) for cell in row] for row in [headers, *rows]]

@@ -17,12 +17,22 @@ def app_environment(ias: IASEmulator, **config: Any) -> dict[str, str]:
 
 
 class Gunicorn(GunicornServer):
-    """``benchmarks/_wsgi_app.py`` under gunicorn (sync workers) on a loopback port."""
+    """``benchmarks/_wsgi_app.py`` under gunicorn (sync workers unless told) on a loopback
+    port."""
 
-    def __init__(self, environment: dict[str, str], *, workers: int = 2) -> None:
+    def __init__(
+        self,
+        environment: dict[str, str],
+        *,
+        workers: int = 2,
+        threads: int = 1,
+        worker_class: str | None = None,
+    ) -> None:
         super().__init__(
             "benchmarks._wsgi_app:create_app()",
             environment=environment,
             chdir=REPOSITORY,
             workers=workers,
+            threads=threads,
+            worker_class=worker_class,
         )

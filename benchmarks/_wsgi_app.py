@@ -8,9 +8,12 @@ the work flask-ias-pkce does for a protected request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask, request
 
 from flask_ias_pkce import IASPKCE, current_token
+from flask_ias_pkce.cache import Entry
 
 
 def create_app() -> Flask:
@@ -18,6 +21,8 @@ def create_app() -> Flask:
     app = Flask("benchmark_app")
     app.config.from_prefixed_env("BENCHAPP")
     ias = IASPKCE(app)
+    if app.config.get("BENCHMARK_LIKE_THE_SAMPLE"):
+        like_the_sample(app)
 
     @app.get("/bare")
     @ias.exempt
@@ -36,3 +41,18 @@ def create_app() -> Flask:
         return "ok"
 
     return app
+
+
+def like_the_sample(app: Flask) -> None:
+    """Make ``app`` exchange as the reference sample does, for comparison: no single flight
+    (every cache miss exchanges, neither threads nor processes wait for one another) and a
+    new connection, hence a new TCP and TLS handshake, for every call to IAS. Benchmarks
+    only: by monkeypatching the running extension."""
+    authenticator = app.extensions["ias_pkce"].authenticator
+
+    def plain_compute(key: str, compute: Callable[[], Entry]) -> tuple[Entry, bool]:
+        return compute(), True
+
+    authenticator.cache.get_or_compute = plain_compute
+    # The emulator closes a connection after answering a request that asks it to.
+    authenticator.exchanger.session.headers["Connection"] = "close"

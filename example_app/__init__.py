@@ -121,13 +121,13 @@ def _start_development_services(app: Flask) -> None:
     app.extensions["example_app_development"] = (emulator, server)
     app.logger.warning(
         "\n%s\nDEVELOPMENT ONLY: no IAS binding was found, so example_app started a local "
-        "IAS emulator at %s\n(public client %r, PKCE S256; CA file %s) and a downstream "
-        "service at http://127.0.0.1:%d.\nTokens of this emulator are worthless anywhere "
-        "else. Bind an identity service (VCAP_SERVICES, SERVICE_BINDING_ROOT or "
+        "IAS emulator at %s\n(one IAS application, client id %r, PKCE S256; CA file %s) and "
+        "a downstream service at http://127.0.0.1:%d.\nTokens of this emulator are worthless "
+        "anywhere else. Bind an identity service (VCAP_SERVICES, SERVICE_BINDING_ROOT or "
         "IAS_PKCE_IAS_URL) for real use.\n%s",
         "!" * 78,
         emulator.url,
-        emulator.public_client_id,
+        emulator.client_id,
         emulator.ca_file,
         server.server_port,
         "!" * 78,

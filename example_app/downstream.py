@@ -104,7 +104,7 @@ def for_emulator(emulator: IASEmulator) -> Flask:
         audience=emulator.xsuaa_client_id,
         jwks_urls={
             emulator.issuer: emulator.url + "/oauth2/certs",
-            emulator.xsuaa_issuer: emulator.xsuaa_url + "/token_keys",
+            emulator.xsuaa_issuer: f"https://{emulator.xsuaa_binding['uaadomain']}/token_keys",
         },
         verify=emulator.ca_file,
     )

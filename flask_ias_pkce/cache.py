@@ -1,7 +1,7 @@
 """The token cache: an in-process tier in front of a Flask-Caching backend, single flight,
 and negative entries.
 
-An entry is found by an HMAC of the public token (never the token), holds the exchanged
+An entry is found by a keyed hash (a MAC) of the public token (never the token), holds the exchanged
 token and the instant it stops being served (``not_after``), and goes to the backend
 sealed with AES-GCM under that key, so a shared store (Redis) sees neither tokens nor
 claims, and what it gives back is trusted only when it opens.
@@ -124,6 +124,7 @@ class TokenCache:
     ) -> None:
         self.backend = backend
         self._scope = scope
+        self._purposes: dict[str, str] = {}  # purpose -> purpose within this scope
         self.sealer = sealer
         self._l1: dict[str, Entry] = {}
         self._l1_size = max(0, l1_size)
@@ -135,9 +136,11 @@ class TokenCache:
 
     def key(self, token: str, *, purpose: str = "exchange") -> str:
         """The cache key of ``token`` for ``purpose``, within this cache's scope."""
-        return self.sealer.cache_key(
-            token, purpose=f"{purpose}-{self._scope}" if self._scope else purpose
-        )
+        scoped = self._purposes.get(purpose)
+        if scoped is None:
+            scoped = f"{purpose}-{self._scope}" if self._scope else purpose
+            self._purposes[purpose] = scoped
+        return self.sealer.cache_key(token, purpose=scoped)
 
     def get(self, key: str) -> Entry | None:
         """The entry for ``key`` if one is still valid now: in process first, then shared."""

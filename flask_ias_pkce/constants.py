@@ -111,7 +111,7 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "as ``CACHE_*``; the host app's ``CACHE_*`` keys are never read.",
     "IAS_PKCE_CACHE_REDIS_URL": "The Redis URL for ``RedisCache``. Default: the bound "
     "``redis-cache`` service.",
-    "IAS_PKCE_CACHE_SECRET": "Key of the HMAC that names cache entries and of the AES-GCM "
+    "IAS_PKCE_CACHE_SECRET": "Key of the keyed BLAKE2b that names cache entries and of the AES-GCM "
     "sealing of their values. Random per process by default; required, and the same in "
     "every process, when the cache is shared.",
     "IAS_PKCE_PASSTHROUGH": "Use a token that already carries the XSUAA client id as it is, "

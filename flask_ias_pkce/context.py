@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from flask import g
 from werkzeug.local import LocalProxy
@@ -22,11 +22,19 @@ class TokenContext:
         or the public token itself when it already carried the XSUAA client id.
     :ivar from_cache: whether this request was served without an exchange.
     :ivar passthrough: whether the public token was used as it is.
+    :ivar claims: the claims of :attr:`token`, verified when it was obtained (read-only).
 
     ``repr()`` never shows a token.
     """
 
-    __slots__ = ("_entry", "_public_token", "_xsuaa", "from_cache", "passthrough", "token")
+    __slots__ = (
+        "_public_token",
+        "_xsuaa",
+        "claims",
+        "from_cache",
+        "passthrough",
+        "token",
+    )
 
     def __init__(
         self,
@@ -36,17 +44,14 @@ class TokenContext:
         from_cache: bool,
         xsuaa: Callable[[TokenContext], str] | None = None,
     ) -> None:
-        self._entry = entry
         self.token = entry.token
+        # An attribute, not a property: views read it several times per request. The
+        # entry decodes its claims once, for every request it serves.
+        self.claims: Mapping[str, Any] = entry.claims
         self.passthrough = entry.passthrough
         self._public_token = public_token
         self.from_cache = from_cache
         self._xsuaa = xsuaa
-
-    @property
-    def claims(self) -> Mapping[str, Any]:
-        """The claims of :attr:`token`, verified when it was obtained (read-only)."""
-        return self._entry.claims
 
     @property
     def public_claims(self) -> dict[str, Any]:
@@ -72,8 +77,15 @@ class TokenContext:
         )
 
 
+#: The object behind ``flask.g``, resolved in one step: ``g.get(...)`` resolves the proxy
+#: for the attribute lookup and calls a method of Flask's besides. ``current_token`` is
+#: read several times per request, so each step counts.
+resolve_g: Callable[[], Any] = g._get_current_object
+
+
 def _current() -> TokenContext | None:
-    return cast("TokenContext | None", g.get(G_ATTRIBUTE))
+    context: TokenContext | None = getattr(resolve_g(), G_ATTRIBUTE, None)
+    return context
 
 
 if TYPE_CHECKING:

@@ -2,8 +2,9 @@
 
 Whatever we put into a shared cache (Redis) can be read by anyone who can read that cache,
 and whatever we read back may have been written by someone else. So a cache value is
-sealed with AES-256-GCM (confidential and authenticated), and a cache key is an HMAC of
-the token, so that neither a token nor a claim ever appears in clear in the cache.
+sealed with AES-256-GCM (confidential and authenticated), and a cache key is a keyed
+BLAKE2b of the token (a MAC like an HMAC, with one hash pass instead of two nested ones),
+so that neither a token nor a claim ever appears in clear in the cache.
 
 Both keys are derived from one secret (``IAS_PKCE_CACHE_SECRET``) with HKDF, under
 distinct labels, so that the key that names entries can never decrypt them.
@@ -11,7 +12,7 @@ distinct labels, so that the key that names entries can never decrypt them.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 import re
 import secrets
@@ -23,12 +24,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["KEY_PREFIX", "MIN_SECRET_BYTES", "Sealer"]
+__all__ = ["KEY_PREFIX", "KEY_VERSION", "MIN_SECRET_BYTES", "Sealer"]
 
 #: Every cache key made by :meth:`Sealer.cache_key` starts with this.
 KEY_PREFIX: Final = "iaspkce:"
 
-#: A shorter secret would make the HMAC of a token guessable offline.
+#: How cache keys are derived, named in every key: the derivation is part of the cache
+#: format, so processes sharing a cache must run the same version. One of another version
+#: only misses (and exchanges for itself); it can never read an entry under a wrong name.
+#: Version 1 (keys ``iaspkce:<purpose>:...``) was an HMAC-SHA256; version 2 is a keyed
+#: BLAKE2b-256 under a key of its own.
+KEY_VERSION: Final = "v2"
+
+#: A shorter secret would make the MAC of a token guessable offline.
 MIN_SECRET_BYTES: Final = 32
 
 # The first byte of a sealed value: a later format can be told apart (and refused) rather
@@ -40,7 +48,8 @@ _MIN_SEALED_BYTES: Final = len(_VERSION) + _NONCE_BYTES + _TAG_BYTES
 
 _HKDF_SALT: Final = b"flask-ias-pkce cache"
 _VALUE_KEY_INFO: Final = b"flask-ias-pkce/v1 cache value AES-256-GCM"
-_NAME_KEY_INFO: Final = b"flask-ias-pkce/v1 cache key HMAC-SHA256"
+_NAME_KEY_INFO: Final = b"flask-ias-pkce/v2 cache key BLAKE2b-256"
+_NAME_DIGEST_BYTES: Final = 32
 
 # A purpose becomes part of a cache key in clear, so it is kept to a small alphabet that
 # cannot contain the key's separator.
@@ -62,7 +71,7 @@ class Sealer:
     The secret itself is not kept: only the two derived keys are.
     """
 
-    __slots__ = ("_aead", "_name_hmacs", "_name_key", "_nonce_source")
+    __slots__ = ("_aead", "_name_key", "_names", "_nonce_source")
 
     def __init__(
         self, secret: str | bytes, *, nonce_source: Callable[[int], bytes] = os.urandom
@@ -77,9 +86,9 @@ class Sealer:
             )
         self._aead = AESGCM(_derive(secret_bytes, _VALUE_KEY_INFO))
         self._name_key = _derive(secret_bytes, _NAME_KEY_INFO)
-        # One HMAC per purpose, already keyed and fed with the purpose: the hot path then
-        # costs a copy, one update and a digest.
-        self._name_hmacs: dict[str, hmac.HMAC] = {}
+        # Per purpose, the key's text up to the digest and a BLAKE2b already keyed and fed
+        # with the purpose: the hot path then costs a copy, one update and a digest.
+        self._names: dict[str, tuple[str, hashlib.blake2b]] = {}
         self._nonce_source = nonce_source
 
     @classmethod
@@ -92,7 +101,7 @@ class Sealer:
         return cls(secrets.token_bytes(MIN_SECRET_BYTES))
 
     def cache_key(self, token: str, *, purpose: str = "exchange") -> str:
-        """The cache key for ``token``: ``"iaspkce:<purpose>:<hex HMAC-SHA256>"``.
+        """The cache key for ``token``: ``"iaspkce:v2:<purpose>:<hex keyed BLAKE2b-256>"``.
 
         The token cannot be recovered from the key, keys differ between secrets, and the
         same token gets unrelated keys for different purposes.
@@ -100,24 +109,27 @@ class Sealer:
         :param purpose: what the entry holds, e.g. ``"exchange"`` or ``"negative"``:
             lowercase letters, digits, ``_`` and ``-``.
         """
-        base = self._name_hmacs.get(purpose)
-        if base is None:
-            base = self._name_hmac_for(purpose)
+        named = self._names.get(purpose)
+        if named is None:
+            named = self._name_for(purpose)
+        prefix, base = named
         mac = base.copy()
         mac.update(token.encode("utf-8", "surrogatepass"))
-        return f"{KEY_PREFIX}{purpose}:{mac.hexdigest()}"
+        return prefix + mac.hexdigest()
 
-    def _name_hmac_for(self, purpose: str) -> hmac.HMAC:
+    def _name_for(self, purpose: str) -> tuple[str, hashlib.blake2b]:
         if not _PURPOSE_PATTERN.fullmatch(purpose):
             raise ValueError(
                 f"cache key purpose must match {_PURPOSE_PATTERN.pattern}, got {purpose!r}"
             )
+        base = hashlib.blake2b(key=self._name_key, digest_size=_NAME_DIGEST_BYTES)
         # The NUL byte separates purpose and token, so no (purpose, token) pair can
         # collide with another.
-        base = hmac.new(self._name_key, purpose.encode("ascii") + b"\x00", "sha256")
+        base.update(purpose.encode("ascii") + b"\x00")
+        named = (f"{KEY_PREFIX}{KEY_VERSION}:{purpose}:", base)
         # Two threads may build the same entry at once; both results are identical.
-        self._name_hmacs[purpose] = base
-        return base
+        self._names[purpose] = named
+        return named
 
     def seal(self, plaintext: bytes, *, associated: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext``.

@@ -3,9 +3,31 @@
 Some downstream services accept only XSUAA tokens. XSUAA gives one for an IAS token whose
 ``aud`` holds the XSUAA client id (what the first hop obtained) through the jwt-bearer
 grant at ``<xsuaa url>/oauth/token``, authenticated with the xsuaa binding: a client
-secret at ``url``, or the binding's certificate and key over mTLS at ``certurl``, as
-@sap/xssec does it. The XSUAA token is verified against XSUAA's ``/token_keys`` and cached
-in the request's token cache under its own purpose, so it is obtained once per IAS token.
+secret at ``url``, or the binding's certificate and key over mTLS at ``certurl``. The
+XSUAA token is verified against XSUAA's ``/token_keys`` and cached in the request's token
+cache under its own purpose, so it is obtained once per IAS token.
+
+Both calls follow SAP's own libraries:
+
+- The token request goes to the binding's own host (``certurl`` with a certificate, else
+  ``url``) and names the user's zone with the header ``x-zid: <app_tid of the IAS
+  token>``; the host is not rewritten for the zone. SAP/cloud-security-services-
+  integration-library, ``token-client/.../DefaultXsuaaTokenExtension.java`` (endpoint from
+  ``XsuaaDefaultEndpoints``: ``certurl`` for X.509 credentials, else ``url``; ``zid`` from
+  the IAS token's ``app_tid``; ``token_format=jwt``) and ``AbstractOAuth2TokenService.java``
+  (``retrieveAccessTokenViaJwtBearerTokenGrant(..., zoneId)`` adds ``X-zid``); @sap/xssec 4
+  does the same (``src/util/iasXsuaaTokenExchange.js`` passes ``zid: appTid`` to
+  ``XsuaaService#fetchJwtBearerToken``; CHANGELOG 4.1.3 and 4.2.4: the ``zid`` option is
+  sent as ``x-zid``).
+- The keys come from ``https://<uaadomain>/token_keys?zid=<zid of the XSUAA token>``,
+  never from the token's ``jku`` header, with ``x-zid`` and ``client_id`` as well, and are
+  kept per zone: ``java-security/.../XsuaaJwtSignatureValidator.java`` (``UAA_DOMAIN +
+  "/token_keys" + "?zid=..."``, header ``X_ZID``; its newer test expects
+  ``?zid=<zid>&client_id=<cid>``; SAP/cloud-security-services-integration-library#1354
+  dropped the ``jku`` header), sap-xssec 4 (SAP/cloud-pysec,
+  ``sap/xssec/security_context_xsuaa.py``, ``_get_jku``: ``https://{uaadomain or
+  url}/token_keys?zid={zid}``, keys cached by that URL) and @sap/xssec 4
+  (``src/service/XsuaaService.js`` imports ``ZID_QUERY_PARAMETER`` and ``ZID_HEADER``).
 """
 
 from __future__ import annotations
@@ -13,12 +35,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
-from jose import jws
+from jose import jws, jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
@@ -41,6 +65,8 @@ logger = logging.getLogger("flask_ias_pkce")
 CACHE_PURPOSE = "xsuaa"
 
 _ZONE = re.compile(r"[A-Za-z0-9-]{1,64}")
+#: Key sets kept, one per zone (XSUAA serves each zone's keys apart).
+_MAX_ZONES = 64
 
 
 def hop_possible(binding: XsuaaBinding | None) -> bool:
@@ -95,8 +121,13 @@ class XsuaaHop:
         self.uses_certificate = binding.certificate is not None and binding.key is not None
         base = (binding.certurl or binding.url) if self.uses_certificate else binding.url
         self._token_url = base.rstrip("/") + "/oauth/token"
-        self._keys_url = binding.url.rstrip("/") + "/token_keys"
+        # sap-xssec's fallback when a binding names no uaadomain: its url.
+        domain = (binding.uaadomain or "").removeprefix("https://").rstrip("/")
+        self._keys_url = (f"https://{domain}" if domain else binding.url.rstrip("/")) + (
+            "/token_keys"
+        )
         self._trusted_host = urlsplit(binding.url).hostname or ""
+        self._uaadomain = (urlsplit(f"https://{domain}").hostname or "") if domain else ""
         self._policy = policy
         self._cache = cache
         self._leeway = leeway
@@ -107,7 +138,8 @@ class XsuaaHop:
             if self.uses_certificate
             else http.new_session()
         )
-        self._key_set = KeySet("XSUAA")
+        self._key_sets: OrderedDict[str | None, KeySet] = OrderedDict()
+        self._key_sets_lock = threading.Lock()
 
     def __call__(self, context: TokenContext) -> str:
         """The XSUAA token for ``context.token``, from the cache or from XSUAA.
@@ -138,6 +170,7 @@ class XsuaaHop:
             "grant_type": JWT_BEARER_GRANT,
             "client_id": self._binding.client_id,
             "assertion": context.token,
+            "token_format": "jwt",
         }
         answer = http.call(
             self.session,
@@ -175,7 +208,8 @@ class XsuaaHop:
         kid = header.get("kid")
         if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
             raise _Refused("xsuaa_kid_bad")
-        key = self._key(kid)
+        zone = _unverified_zone(token)
+        key = self._key_set(zone).key(kid, lambda: self._fetch_keys(zone), self._clock())
         if key is None:
             raise _Refused("xsuaa_kid_unknown")
         try:
@@ -202,17 +236,37 @@ class XsuaaHop:
             return False
         parts = urlsplit(issuer)
         host = parts.hostname or ""
-        uaadomain = (self._binding.uaadomain or "").lower()
+        uaadomain = self._uaadomain
         return parts.scheme == "https" and (
             host == self._trusted_host or bool(uaadomain and host.endswith("." + uaadomain))
         )
 
-    def _key(self, kid: str) -> Key | None:
-        return self._key_set.key(kid, self._fetch_keys, self._clock())
+    def _key_set(self, zone: str | None) -> KeySet:
+        # One set per zone, as the keys URL names the zone: one zone's keys never vouch
+        # for another's token. The zones are XSUAA's answers to our own requests.
+        with self._key_sets_lock:
+            key_set = self._key_sets.get(zone)
+            if key_set is None:
+                if len(self._key_sets) >= _MAX_ZONES:
+                    self._key_sets.popitem(last=False)
+                key_set = self._key_sets[zone] = KeySet("XSUAA")
+            self._key_sets.move_to_end(zone)
+            return key_set
 
-    def _fetch_keys(self) -> dict[str, Key]:
+    def _fetch_keys(self, zone: str | None) -> dict[str, Key]:
+        params = {"client_id": self._binding.client_id}
+        headers = {"Accept": "application/json"}
+        if zone is not None:
+            params = {"zid": zone, **params}
+            headers["x-zid"] = zone
         answer = http.call(
-            self.session, "GET", self._keys_url, policy=self._policy, what="xsuaa_keys"
+            self.session,
+            "GET",
+            self._keys_url,
+            policy=self._policy,
+            what="xsuaa_keys",
+            params=params,
+            headers=headers,
         )
         document = answer.json() if answer.status == 200 else None
         entries = document.get("keys") if isinstance(document, Mapping) else None
@@ -232,3 +286,13 @@ def _token_of(answer: http.Answer) -> str:
     if not isinstance(token, str) or token.count(".") != 2:
         raise _Refused("xsuaa_no_token")
     return token
+
+
+def _unverified_zone(token: str) -> str | None:
+    """The ``zid`` claim of an XSUAA token not yet verified, when it is a plain zone id:
+    it only names which zone's keys to fetch, as in SAP's libraries."""
+    try:
+        zone = jwt.get_unverified_claims(token).get("zid")
+    except (JOSEError, AttributeError):
+        return None
+    return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None

@@ -24,13 +24,21 @@ def app_environment(ias: IASEmulator, **config: Any) -> dict[str, str]:
 class Gunicorn(GunicornServer):
     """``tests/wsgi_app.py`` under gunicorn on a loopback port."""
 
-    def __init__(self, environment: dict[str, str], *, workers: int = 1, threads: int = 1):
+    def __init__(
+        self,
+        environment: dict[str, str],
+        *,
+        workers: int = 1,
+        threads: int = 1,
+        worker_class: str | None = None,
+    ):
         super().__init__(
             "wsgi_app:create_app()",
             environment=environment,
             chdir=TESTS,
             workers=workers,
             threads=threads,
+            worker_class=worker_class,
         )
 
     def wait_for_workers(self, count: int, *, timeout: float = 30) -> None:

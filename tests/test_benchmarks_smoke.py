@@ -17,6 +17,7 @@ SECTIONS = (
     "3 exchange (mTLS)",
     "4 burst (one fresh token)",
     "5 growth (cached tokens)",
+    "6 network (IAS 20 ms away)",
 )
 
 
@@ -36,8 +37,11 @@ def test_quick_run_reports_every_section() -> None:
         assert section in finished.stdout, f"{section!r} missing from:\n{output}"
     for figure in (
         "added cost, python-jose / ours",
+        "JSON view reading current_token 3 times / unprotected twin",
         "protected / bare throughput",
         "new connection / keep-alive latency",
+        "wave exchanges",
+        "wave latency p50 / p99 ms",
         "NO single flight",
         "bytes per cached token",
     ):

@@ -710,6 +710,26 @@ def test_calls_record_requests_and_connections(ias: IASEmulator) -> None:
     assert ias.calls == []
 
 
+def test_a_client_that_asks_to_close_is_told_and_gets_a_new_connection(ias: IASEmulator) -> None:
+    # Without "Connection: close" in the answer a client would pool a connection that the
+    # emulator is closing, and its next call would fail on it.
+    with requests.Session() as session:
+        answers = [
+            session.get(
+                ias.url + "/oauth2/certs",
+                headers={"Connection": "close"},
+                verify=ias.ca_file,
+                timeout=5,
+            )
+            for _ in range(2)
+        ]
+        kept = session.get(ias.url + "/oauth2/certs", verify=ias.ca_file, timeout=5)
+    assert [answer.headers.get("Connection") for answer in answers] == ["close", "close"]
+    assert "Connection" not in kept.headers
+    assert [answer.status_code for answer in [*answers, kept]] == [200, 200, 200]
+    assert len({call.connection_id for call in ias.calls}) == 3
+
+
 def test_injected_status_body_and_times(ias: IASEmulator, client_cert: tuple[str, str]) -> None:
     ias.inject("/oauth2/token", status=503, body={"error": "temporarily_unavailable"}, times=2)
     assertion = ias.issue_public_token()

@@ -137,3 +137,27 @@ def test_no_emulator_when_a_binding_is_present(
     assert not any("DEVELOPMENT ONLY" in record.getMessage() for record in caplog.records)
     binding = app.extensions["ias_pkce"].settings.bindings.identity
     assert binding.url == ias_emulator.url
+
+
+def test_deploy_files_set_up_one_ias_application() -> None:
+    # As SAP-samples/appgyver-auth-flows does: the mobile app and the backend share one
+    # identity instance, so no separate public client id is configured anywhere.
+    deploy = ROOT / "example_app" / "deploy"
+    instance = json.loads((deploy / "ias-instance.json").read_text())
+    oauth2 = instance["oauth2-configuration"]
+
+    assert oauth2["public-client"] is True
+    assert oauth2["grant-types"] == [
+        "authorization_code_pkce_s256",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    ]
+    assert oauth2["credential-types"] == ["x509"]
+    assert instance["xsuaa-cross-consumption"] is True
+    for name in ("manifest.yml", "kyma.yaml"):
+        settings = [
+            line.strip()
+            for line in (deploy / name).read_text().splitlines()
+            if not line.strip().startswith("#")
+        ]
+        assert not [line for line in settings if "IAS_PKCE_ACCEPTED_AUDIENCES" in line], name
+    assert 'credential-types: ["x509"]' in (deploy / "kyma.yaml").read_text()

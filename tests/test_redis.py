@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import pickle
@@ -13,11 +15,13 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask
 from flask_caching import Cache
 
 from flask_ias_pkce.redis_cache import RedisLock, SafeRedisCache
-from flask_ias_pkce.sealing import Sealer
+from flask_ias_pkce.sealing import KEY_VERSION, Sealer
 from flask_ias_pkce.testing.redis_server import RedisServer, RedisServerNotFoundError
 
 SECRET = "s" * 40
@@ -109,15 +113,40 @@ def test_short_secret_is_refused_without_echoing_it() -> None:
 
 def test_cache_key_hides_the_token_and_depends_on_secret_and_purpose() -> None:
     key = Sealer(SECRET).cache_key(TOKEN)
-    assert key.startswith("iaspkce:exchange:")
+    assert key.startswith("iaspkce:v2:exchange:")
     assert TOKEN not in key
     assert all(part not in key for part in TOKEN.split("."))
     assert key == Sealer(SECRET).cache_key(TOKEN)
     assert key != Sealer(OTHER_SECRET).cache_key(TOKEN)
     assert key != Sealer(SECRET).cache_key(TOKEN + "x")
     negative = Sealer(SECRET).cache_key(TOKEN, purpose="negative")
-    assert negative.startswith("iaspkce:negative:")
+    assert negative.startswith("iaspkce:v2:negative:")
     assert negative.split(":")[-1] != key.split(":")[-1]
+
+
+def test_cache_key_derivation_is_the_versioned_cache_format() -> None:
+    # Every process that shares a cache must name entries alike: the derivation is part of
+    # the cache format, so it is pinned here, computed independently of Sealer: HKDF-SHA256
+    # of the secret under the v2 label keys a BLAKE2b-256 of purpose, NUL, token.
+    name_key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"flask-ias-pkce cache",
+        info=b"flask-ias-pkce/v2 cache key BLAKE2b-256",
+    ).derive(SECRET.encode())
+    digest = hashlib.blake2b(b"exchange\x00" + TOKEN.encode(), key=name_key, digest_size=32)
+    assert Sealer(SECRET).cache_key(TOKEN) == f"iaspkce:{KEY_VERSION}:exchange:{digest.hexdigest()}"
+    assert KEY_VERSION == "v2"
+    # Version 1's HMAC-SHA256 name of the same token is another key: a process of the old
+    # version sharing the cache only misses, it never reads an entry under a wrong name.
+    old_key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"flask-ias-pkce cache",
+        info=b"flask-ias-pkce/v1 cache key HMAC-SHA256",
+    ).derive(SECRET.encode())
+    old = hmac.new(old_key, b"exchange\x00" + TOKEN.encode(), "sha256").hexdigest()
+    assert old not in Sealer(SECRET).cache_key(TOKEN)
 
 
 def test_cache_key_refuses_a_purpose_that_could_break_the_key_format() -> None:

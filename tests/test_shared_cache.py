@@ -280,4 +280,4 @@ def test_host_cache_config_does_not_leak_into_ours(
     )
     app.test_client().get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
     [name] = redis_server.client().keys("*")
-    assert name.startswith(b"iaspkce:exchange-")
+    assert name.startswith(b"iaspkce:v2:exchange-")

@@ -71,6 +71,7 @@ def test_xsuaa_token_obtained_once_per_ias_token(
         "grant_type": JWT_BEARER_GRANT,
         "client_id": ias.xsuaa_client_id,
         "assertion": answers[0].json["ias_token"],
+        "token_format": "jwt",
     }
     assert exchange.auth_method == "client_secret_basic"
     assert exchange.headers["x-zid"] == ias.app_tid
@@ -290,7 +291,7 @@ def test_xsuaa_without_a_key_set_is_a_502(
 ) -> None:
     ias = secret_emulator
     client = xsuaa_app(ias, monkeypatch).test_client()
-    ias.inject("/xsuaa/token_keys", status=404, body={"error": "not_found"})
+    ias.inject("/token_keys", status=404, body={"error": "not_found"})
 
     answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
 
@@ -323,3 +324,88 @@ def test_xsuaa_over_plain_http_is_never_called(
 
     assert answer.status_code == 503
     assert ias.xsuaa_exchanges == []
+
+
+def key_requests(ias: IASEmulator) -> list[Any]:
+    return [call for call in ias.calls if call.path == "/token_keys"]
+
+
+def test_xsuaa_keys_come_from_the_uaadomain_for_the_tokens_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As SAP's libraries fetch them: https://<uaadomain>/token_keys?zid=<zid>, x-zid too.
+    with IASEmulator(extra_app_tids=["zone-2"]) as ias:
+        client = xsuaa_app(ias, monkeypatch).test_client()
+
+        first = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+        again = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+        other_zone = client.get(
+            "/api/xsuaa", headers=bearer(ias.issue_public_token(app_tid="zone-2"))
+        )
+
+        assert [first.status_code, again.status_code, other_zone.status_code] == [200] * 3
+        assert other_zone.json["claims"]["zid"] == "zone-2"
+        assert [call.headers["x-zid"] for call in ias.xsuaa_exchanges][-1] == "zone-2"
+        fetches = key_requests(ias)
+        assert [call.params for call in fetches] == [
+            {"zid": ias.app_tid, "client_id": ias.xsuaa_client_id},
+            {"zid": "zone-2", "client_id": ias.xsuaa_client_id},
+        ]
+        assert [call.headers["x-zid"] for call in fetches] == [ias.app_tid, "zone-2"]
+
+
+def test_xsuaa_token_of_a_zone_xsuaa_has_no_keys_for_is_a_502(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    client = xsuaa_app(ias, monkeypatch).test_client()
+    token = ias.sign_xsuaa(xsuaa_claims(ias, zid="another-zone"))
+    ias.inject(XSUAA_TOKEN_PATH, status=200, body={"access_token": token})
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 502
+    [fetch] = key_requests(ias)
+    assert (fetch.params["zid"], fetch.status) == ("another-zone", 400)
+
+
+def test_xsuaa_binding_without_uaadomain_has_its_keys_asked_at_its_url(
+    secret_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ias = secret_emulator
+    vcap = ias.vcap_services()
+    del vcap["xsuaa"][0]["credentials"]["uaadomain"]
+    monkeypatch.setenv("VCAP_SERVICES", json.dumps(vcap))
+    app = Flask("no_uaadomain")
+    app.config.update(IAS_PKCE_VERIFY=ias.ca_file, IAS_PKCE_RETRIES=0)
+
+    @app.get("/api/xsuaa")
+    def hop() -> str:
+        return current_token.xsuaa_token()
+
+    IASPKCE(app)
+
+    app.test_client().get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert [call.path for call in ias.calls if call.path.endswith("/token_keys")] == [
+        "/xsuaa/token_keys"
+    ]
+
+
+def test_xsuaa_key_sets_are_kept_for_a_bounded_number_of_zones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("flask_ias_pkce.xsuaa._MAX_ZONES", 1)
+    with IASEmulator(extra_app_tids=["zone-2"]) as ias:
+        client = xsuaa_app(ias, monkeypatch).test_client()
+
+        for zone in (ias.app_tid, "zone-2", ias.app_tid):
+            token = ias.issue_public_token(app_tid=zone)
+            assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+
+        # The first zone's keys made room for the second's, so they were fetched again.
+        assert [call.params["zid"] for call in key_requests(ias)] == [
+            ias.app_tid,
+            "zone-2",
+            ias.app_tid,
+        ]

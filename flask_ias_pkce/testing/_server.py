@@ -106,6 +106,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.send_response(response.status)
+        if self.close_connection:
+            # The client asked to close (or spoke HTTP/1.0): say so, as RFC 9112 9.6 asks,
+            # so that it does not put the connection back into its pool.
+            self.send_header("Connection", "close")
         for name, value in response.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(response.body)))

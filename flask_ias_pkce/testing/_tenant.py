@@ -30,7 +30,8 @@ TOKEN_PATH = "/oauth2/token"
 #: The XSUAA service lives under this path of the same server (the xsuaa binding's ``url``).
 XSUAA_PREFIX = "/xsuaa"
 XSUAA_TOKEN_PATH = XSUAA_PREFIX + "/oauth/token"
-XSUAA_KEYS_PATH = XSUAA_PREFIX + "/token_keys"
+#: XSUAA's keys, at the root of its ``uaadomain`` host (the emulator's own server).
+XSUAA_KEYS_PATH = "/token_keys"
 
 _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
@@ -250,7 +251,7 @@ class Tenant:
             "/oauth2/authorize": ("GET", self._authorize),
             TOKEN_PATH: ("POST", self._token),
             XSUAA_TOKEN_PATH: ("POST", self._xsuaa_token),
-            XSUAA_KEYS_PATH: ("GET", lambda request, params: json_response(200, self.xsuaa_keys())),
+            XSUAA_KEYS_PATH: ("GET", self._xsuaa_token_keys),
         }
         if request.path not in routes:
             return json_response(404, {"error": "not_found", "error_description": "no endpoint"})
@@ -518,6 +519,17 @@ class Tenant:
         )
         return {"keys": [{**key.public_jwk(), "value": pem}]}
 
+    def _xsuaa_token_keys(self, request: Request, params: Params) -> Response:
+        """XSUAA's keys of a zone: SAP's libraries ask ``<uaadomain>/token_keys?zid=<zid>``
+        (see :mod:`flask_ias_pkce.xsuaa`). Without ``zid`` the keys of the binding's zone
+        are served, as for legacy bindings. That XSUAA answers an unknown zone with 400 is
+        unconfirmed; the emulator refuses it so that a wrong zone cannot go unnoticed."""
+        zone = params.get("zid", [self.app_tid])[0]
+        if zone not in self.app_tids:
+            payload = {"error": "invalid_request", "error_description": "unknown zid"}
+            return json_response(400, payload)
+        return json_response(200, self.xsuaa_keys())
+
     def _authenticate_xsuaa(self, request: Request, form: dict[str, str]) -> None:
         # XSUAA takes the secret at its url and the certificate at its certurl; the
         # emulator serves both on one port, so it accepts whichever the client presents.
@@ -545,7 +557,7 @@ class Tenant:
             if not form.get("assertion"):
                 raise _OAuthError("invalid_request", "assertion is missing")
             zone = request.headers.get("x-zid")
-            if zone is not None and zone != self.app_tid:
+            if zone is not None and zone not in self.app_tids:
                 raise _OAuthError("invalid_request", "unknown identity zone (x-zid)")
             ias = self._verify_assertion(form["assertion"])
             audience = ias.get("aud")
@@ -555,11 +567,12 @@ class Tenant:
         except _OAuthError as error:
             return _error_response(request, error)
         now = int(self.clock())
+        zid = zone or self.app_tid  # the token is issued in the zone the client named
         user = str(ias.get("user_uuid") or ias.get("sub"))
         scope = ["openid", f"{self.xsappname}.Read"]
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
-            "ext_attr": {"enhancer": "XSUAA", "subaccountid": self.app_tid, "zdn": "emulator"},
+            "ext_attr": {"enhancer": "XSUAA", "subaccountid": zid, "zdn": "emulator"},
             "sub": user,
             "scope": scope,
             "client_id": self.xsuaa_client_id,
@@ -573,12 +586,13 @@ class Tenant:
             "iat": now,
             "exp": now + self.xsuaa_token_lifetime,
             "iss": self.xsuaa_issuer,
-            "zid": self.app_tid,
+            "zid": zid,
             "aud": [self.xsuaa_client_id, self.xsappname],
         }
         if isinstance(ias.get("email"), str):
             claims["email"] = ias["email"]
-        token = self._xsuaa_signing_key().sign(claims, {"jku": self.issuer + XSUAA_KEYS_PATH})
+        jku = f"{self.issuer}{XSUAA_KEYS_PATH}?zid={zid}"
+        token = self._xsuaa_signing_key().sign(claims, {"jku": jku})
         answer = {
             "access_token": token,
             "token_type": "bearer",

@@ -5,9 +5,9 @@ It speaks the IAS endpoints flask-ias-pkce uses (discovery, ``/oauth2/certs``,
 public client and the jwt-bearer grant of the application), so apps are tested against the
 real protocol, TLS and client certificates included, without SAP. It also plays the
 XSUAA service under ``/xsuaa`` (``/oauth/token`` for the jwt-bearer grant that turns an
-IAS token into an XSUAA token, and ``/token_keys``). This module is the
-harness (lifecycle, certificates, bindings, call record, faults); the protocol itself lives
-in :mod:`._tenant`.
+IAS token into an XSUAA token), with its ``/token_keys`` on its ``uaadomain``, this server.
+This module is the harness (lifecycle, certificates, bindings, call record, faults); the
+protocol itself lives in :mod:`._tenant`.
 """
 
 from __future__ import annotations
@@ -446,7 +446,8 @@ class IASEmulator:
             "xsappname": self._tenant.xsappname,
             "url": self.xsuaa_url,
             "certurl": self.xsuaa_url,
-            "uaadomain": "localhost",
+            # XSUAA's domain, where its token_keys are: this server (a real one has no port).
+            "uaadomain": f"localhost:{self._running().port}",
             "identityzone": "emulator",
             "identityzoneid": self._tenant.app_tid,
             "tenantmode": "dedicated",
@@ -627,7 +628,7 @@ class IASEmulator:
 
     @property
     def xsuaa_keys(self) -> dict[str, Any]:
-        """The key set served at XSUAA's ``/token_keys``."""
+        """The key set served at XSUAA's ``https://<uaadomain>/token_keys``."""
         return self._tenant.xsuaa_keys()
 
     def reset_calls(self) -> None:

@@ -50,6 +50,9 @@ class GunicornServer:
     :param environment: the child's environment (see :func:`bound_environment`).
     :param chdir: where gunicorn imports ``app`` from.
     :param workers: worker processes; ``threads`` > 1 selects the ``gthread`` worker.
+    :param worker_class: gunicorn's ``--worker-class`` (``"sync"``, ``"gthread"``,
+        ``"gevent"``, ...); by default chosen from ``threads`` as above. ``"gevent"``
+        needs the gevent package.
     :param ready_path: a path that answers 2xx once a worker serves (exempt from tokens).
 
     The listening socket is bound here and handed to gunicorn, so no other process can
@@ -64,6 +67,7 @@ class GunicornServer:
         chdir: str | Path | None = None,
         workers: int = 1,
         threads: int = 1,
+        worker_class: str | None = None,
         ready_path: str = "/health",
         startup_timeout: float = 30.0,
         extra_arguments: Sequence[str] = (),
@@ -78,7 +82,7 @@ class GunicornServer:
             "--bind", f"fd://{self._listener.fileno()}",
             "--workers", str(workers),
             "--threads", str(threads),
-            "--worker-class", "gthread" if threads > 1 else "sync",
+            "--worker-class", worker_class or ("gthread" if threads > 1 else "sync"),
             "--graceful-timeout", "2",
             "--log-level", "warning",
             *(["--chdir", str(chdir)] if chdir is not None else []),
@@ -110,7 +114,8 @@ class GunicornServer:
             try:
                 if requests.get(self._ready_url, timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not up yet, or a worker still booting on a loaded machine: ask again.
                 pass
             time.sleep(0.1)
         self.stop()
