@@ -111,11 +111,7 @@ class Bindings:
     xsuaa: XsuaaBinding | None
     xsuaa_client_id: str
     redis_url: str | None
-    identities: tuple[IdentityBinding, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.identities:
-            object.__setattr__(self, "identities", (self.identity,))
+    identities: tuple[IdentityBinding, ...]
 
     def __repr__(self) -> str:
         # The Redis URL carries the Redis password.

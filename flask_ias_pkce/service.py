@@ -52,8 +52,6 @@ class Authenticator:
         clock: Callable[[], float],
         xsuaa: Callable[[TokenContext], str] | None = None,
     ) -> None:
-        if not routes:
-            raise ValueError("an Authenticator needs at least one route")
         self.settings = settings
         self.routes = tuple(routes)
         # The first binding's, for callers that know only one.

@@ -237,6 +237,9 @@ def test_several_without_a_name_are_all_used_in_the_order_found() -> None:
 def test_binding_name_list_chooses_and_orders() -> None:
     bindings = load_bindings({"IAS_PKCE_BINDING_NAME": ["ias-b", "ias-a"]}, two_ias())
     assert [identity.client_id for identity in bindings.identities] == ["b", "a"]
+    # A name given twice (the name and the instance name, say) is one binding.
+    again = load_bindings({"IAS_PKCE_BINDING_NAME": ["ias-b", "ias-b"]}, two_ias())
+    assert [identity.client_id for identity in again.identities] == ["b"]
 
 
 def test_binding_name_matching_none_lists_the_names() -> None:
