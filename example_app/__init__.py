@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+from .browser import public_client
 from .views import api, ias, public
 
 #: Settings that are text as they stand: never parsed as JSON (a secret of digits stays text).
@@ -35,6 +36,8 @@ _TEXT_SETTINGS = frozenset(
         "IAS_PKCE_USE_TOKEN",
         "IAS_PKCE_PROTECT",
         "IAS_PKCE_REALM",
+        "EXAMPLE_IAS_URL",
+        "EXAMPLE_PUBLIC_CLIENT_ID",
     }
 )
 
@@ -66,6 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         _start_development_services(app)
     app.register_blueprint(public)
     app.register_blueprint(api)
+    app.register_blueprint(public_client)
     ias.init_app(app)
     return app
 
@@ -109,7 +113,10 @@ def _start_development_services(app: Flask) -> None:
     from . import downstream
     from .demo import demo_environment
 
-    emulator = IASEmulator().start()
+    # The browser page at /app/ calls IAS from Flask's development origins.
+    emulator = IASEmulator(
+        allowed_origins=("http://127.0.0.1:5000", "http://localhost:5000")
+    ).start()
     atexit.register(emulator.stop)
     server = downstream.serve(downstream.for_emulator(emulator))
     atexit.register(server.shutdown)

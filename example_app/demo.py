@@ -82,6 +82,9 @@ def demo_environment(emulator: IASEmulator, downstream_url: str) -> dict[str, st
         # No IAS_PKCE_ACCEPTED_AUDIENCES: the mobile app signs in with the binding's own
         # client id (one IAS application), which is the default audience.
         "EXAMPLE_DOWNSTREAM_URL": downstream_url,
+        # Where the browser page (/app/) signs in.
+        "EXAMPLE_IAS_URL": emulator.url,
+        "EXAMPLE_PUBLIC_CLIENT_ID": emulator.public_client_id,
     }
 
 

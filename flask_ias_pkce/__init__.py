@@ -13,7 +13,7 @@ app whose downstream code expects tokens with the XSUAA audience.
 """
 
 from .bindings import BindingError
-from .config import ConfigError
+from .config import ConfigError, UnknownConfigKeyWarning
 from .context import TokenContext, current_token
 from .errors import (
     IASPKCEError,
@@ -38,6 +38,7 @@ __all__ = [
     "InvalidToken",
     "MissingToken",
     "TokenContext",
+    "UnknownConfigKeyWarning",
     "current_token",
 ]
 __version__ = "0.1.0"

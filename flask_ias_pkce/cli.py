@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import click
-from flask import current_app
-from flask.cli import AppGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, ScriptInfo
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .bearer import parse_bearer
-from .config import foreign_audiences_warning
+from .bindings import BindingError
+from .config import ConfigError, foreign_audiences_warning
 from .constants import EXTENSION_NAME
 from .errors import IASPKCEError
 from .extension import _State
@@ -89,6 +90,12 @@ class _Steps:
 
 def _state() -> _State:
     state = current_app.extensions.get(EXTENSION_NAME)
+    if state is None and current_app.config.get("IAS_PKCE_ENABLED") is False:
+        click.echo(
+            "FAIL  extension    flask-ias-pkce is disabled on this app (IAS_PKCE_ENABLED = "
+            "False): no binding was read"
+        )
+        sys.exit(1)
     if state is None:
         click.echo(
             "FAIL  extension    flask-ias-pkce is not initialised on this app "
@@ -106,15 +113,35 @@ def _failure(error: IASPKCEError) -> str:
     return f"{error.code} {error.error}, reason {error.reason}: {error.description}"
 
 
-@ias_pkce.command("check")
+def _load_app() -> Flask:
+    """The app of the ``flask`` command, loaded here rather than by ``with_appcontext``: a
+    missing or broken binding makes ``init_app`` raise, and that is the check's first
+    finding, not a traceback."""
+    info = click.get_current_context().ensure_object(ScriptInfo)
+    try:
+        return info.load_app()
+    except (BindingError, ConfigError) as error:
+        step = "binding" if isinstance(error, BindingError) else "config"
+        click.echo(f"FAIL  {step:<12} {error}")
+        click.echo("result: FAILED (1 failed)")
+        sys.exit(1)
+
+
+@ias_pkce.command("check", with_appcontext=False)
 def check() -> None:
     """Check the binding, TLS, discovery, JWKS and client authentication at IAS.
 
     Prints one PASS, FAIL, SKIP or WARN line per step and exits with status 1 when a step
-    failed; a warning alone does not fail the check. Client authentication is tested with
-    an assertion no IAS accepts: ``invalid_grant`` is the expected answer,
+    failed; a warning alone does not fail the check, and a missing binding is a
+    ``FAIL binding`` line that says where it was looked for. Client authentication is
+    tested with an assertion no IAS accepts: ``invalid_grant`` is the expected answer,
     ``invalid_client`` means that the binding's credentials are wrong.
     """
+    with _load_app().app_context():
+        _check()
+
+
+def _check() -> None:
     state = _state()
     steps = _Steps()
     click.echo(f"flask-ias-pkce check of app {current_app.name!r}")
@@ -179,6 +206,8 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
     else:
         steps.passed("tls", f"connected to {urlsplit(origin).netloc}, certificate verified")
         steps.passed("discovery", f"jwks_uri {jwks_uri} ({_milliseconds(started)})")
+    if not connected:
+        steps.skipped("discovery", "needs a TLS connection")
     if jwks_uri is None:
         steps.skipped("jwks", "needs discovery")
     else:

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
 
 
+class UnknownConfigKeyWarning(UserWarning):
+    """An ``IAS_PKCE_*`` key of ``app.config`` that the extension does not read (most
+    likely misspelt); the message names the closest known key."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """The extension's checked settings for one app."""
@@ -141,6 +146,12 @@ def _tenants(config: Mapping[str, Any]) -> frozenset[str] | None:
     ):
         raise ConfigError("IAS_PKCE_TENANTS must be an app_tid or a list of them")
     return frozenset(items)
+
+
+def is_enabled(config: Mapping[str, Any]) -> bool:
+    """``IAS_PKCE_ENABLED``, checked: read before anything else, as off means that no
+    binding is looked up."""
+    return _flag({"IAS_PKCE_ENABLED": config.get("IAS_PKCE_ENABLED", True)}, "IAS_PKCE_ENABLED")
 
 
 def foreign_audiences(settings: Settings) -> list[str]:

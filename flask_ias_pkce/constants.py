@@ -53,8 +53,9 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
 #: configuration table is built from this and :data:`CONFIG_DEFAULTS` (a test checks that
 #: every key has a description).
 CONFIG_DOCS: Final[dict[str, str]] = {
-    "IAS_PKCE_ENABLED": "``False`` turns the extension off: the hook lets every request "
-    "through and ``current_token`` is empty (for tests of the host app).",
+    "IAS_PKCE_ENABLED": "``False`` turns the extension off: ``init_app`` looks up no "
+    "binding, the hook lets every request through and ``current_token`` is empty (for "
+    "tests of the host app).",
     "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
     '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
     "``@ias.required`` do.",
@@ -124,6 +125,10 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "remembered, so a refused token is not sent to IAS again.",
     "IAS_PKCE_REALM": "The ``realm`` of the ``WWW-Authenticate`` challenge.",
 }
+
+#: ``CACHE_*`` keys that flask-ias-pkce's Redis backend reads beyond Flask-Caching's own
+#: (``IAS_PKCE_CACHE_<name>`` in ``app.config``); ``init_app`` warns of any other unknown key.
+REDIS_CACHE_KEYS: Final = ("CACHE_REDIS_SOCKET_TIMEOUT", "CACHE_REDIS_HEALTH_CHECK_INTERVAL")
 
 PROTECT_MODES: Final = ("all", "marked")
 USE_TOKEN_CHOICES: Final = ("id_token", "access_token")

@@ -3,13 +3,15 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
@@ -26,8 +28,15 @@ from . import http, signals
 from .bearer import bearer_credentials
 from .bindings import Bindings, IdentityBinding, load_bindings
 from .cache import TokenCache
-from .config import ConfigError, Settings, foreign_audiences_warning, load_settings
-from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE
+from .config import (
+    ConfigError,
+    Settings,
+    UnknownConfigKeyWarning,
+    foreign_audiences_warning,
+    is_enabled,
+    load_settings,
+)
+from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
 from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, MissingToken
 from .exchange import ExchangeClient
@@ -118,8 +127,14 @@ class IASPKCE:
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
         """
+        _warn_unknown_keys(app.config)
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
+        if not is_enabled(app.config):
+            # Off means off: no binding is looked up, no hook runs, current_token stays
+            # empty. Host apps' tests that do not care about tokens need no IAS at all.
+            logger.info("flask-ias-pkce is disabled (IAS_PKCE_ENABLED = False)")
+            return
         bindings = load_bindings(app.config, os.environ)
         settings = load_settings(app.config, bindings)
         audience_warning = foreign_audiences_warning(settings)
@@ -253,8 +268,6 @@ class IASPKCE:
 
     def _authenticate_request(self, state: _State) -> None:
         settings = state.settings
-        if not settings.enabled:
-            return
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
         if current.method == "OPTIONS" and _is_automatic_options(current):
@@ -339,6 +352,37 @@ def _route(
 def _common_app_tid(bindings: Bindings) -> str | None:
     tenants = {identity.app_tid for identity in bindings.identities}
     return tenants.pop() if len(tenants) == 1 else None
+
+
+def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
+    """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
+    leave its default in force without a word."""
+    cache_keys = (*_CACHE_DEFAULTS, *REDIS_CACHE_KEYS)
+    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in cache_keys)]
+    # Compared without the common prefix, which would make every key look alike.
+    suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
+    for key in sorted(config):
+        if not key.startswith("IAS_PKCE_") or key in known:
+            continue
+        closest = difflib.get_close_matches(key.removeprefix("IAS_PKCE_"), suffixes, n=1)
+        hint = f"did you mean {suffixes[closest[0]]}?" if closest else "no known key is close"
+        warnings.warn(
+            f"flask-ias-pkce reads no config key {key}: {hint} (its value is ignored)",
+            UnknownConfigKeyWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package
+    (``IASPKCE(app)`` or ``init_app``, whichever the host app called)."""
+    package = os.path.dirname(__file__)
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _app() -> Flask:

@@ -26,22 +26,10 @@ class FakeClock:
 
 def emulator_config(ias: IASEmulator, **overrides: Any) -> dict[str, Any]:
     """``app.config`` that points the extension at ``ias`` explicitly (no VCAP_SERVICES)."""
-    binding = ias.binding
-    config: dict[str, Any] = {
-        "IAS_PKCE_IAS_URL": binding["url"],
-        "IAS_PKCE_CLIENT_ID": binding["clientid"],
-        "IAS_PKCE_DOMAINS": binding["domains"],
-        "IAS_PKCE_APP_TID": binding["app_tid"],
-        "IAS_PKCE_XSUAA_CLIENT_ID": ias.xsuaa_client_id,
-        "IAS_PKCE_VERIFY": ias.ca_file,
+    config = ias.app_config(
         # Faults answer fast in tests; the defaults are for production.
-        "IAS_PKCE_TIMEOUT": (2.0, 2.0),
-    }
-    if "clientsecret" in binding:
-        config["IAS_PKCE_CLIENT_SECRET"] = binding["clientsecret"]
-    else:
-        config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
-        config["IAS_PKCE_KEY"] = binding["key"]
+        IAS_PKCE_TIMEOUT=(2.0, 2.0),
+    )
     config.update(overrides)
     return config
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from flask import Flask
 from flask.cli import FlaskGroup
 
+from flask_ias_pkce import IASPKCE
 from flask_ias_pkce.cli import ias_pkce
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import build_app
 
 TOKEN_PATH = "/oauth2/token"
+WORDS = ("PASS", "FAIL", "SKIP")
 # click < 8.2 mixes standard error into standard output unless told not to.
 SEPARATE_STDERR = (
     {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
@@ -124,7 +131,7 @@ def test_check_fails_at_tls_with_a_wrong_ca(ias_emulator: IASEmulator) -> None:
         assert list(lines(result, "FAIL")) == ["tls"]
         assert "tls_error" in lines(result, "FAIL")["tls"]
         assert f"IAS's certificate is not signed by a CA in {other.ca_file}" in output(result)
-        assert set(lines(result, "SKIP")) == {"jwks", "client auth"}
+        assert set(lines(result, "SKIP")) == {"discovery", "jwks", "client auth"}
     assert ias_emulator.calls == []
 
 
@@ -220,3 +227,88 @@ def test_exchange_without_a_token_is_a_usage_error(ias_emulator: IASEmulator) ->
 
     assert result.exit_code == 2
     assert "no token on standard input" in output(result)
+
+
+def _unbound_app() -> Flask:
+    app = Flask("unbound")
+    IASPKCE(app)  # raises: nothing is bound
+    return app
+
+
+def test_check_without_a_binding_says_where_it_looked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VCAP_SERVICES", "SERVICE_BINDING_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    cli = FlaskGroup(create_app=_unbound_app)
+
+    result = CliRunner(**SEPARATE_STDERR).invoke(cli, ["ias-pkce", "check"])
+
+    assert result.exit_code == 1
+    assert result.stderr == ""
+    assert "Traceback" not in result.stdout
+    fail = lines(result, "FAIL")["binding"]
+    assert "No IAS (identity) service binding found" in fail
+    assert "VCAP_SERVICES" in fail
+    assert "SERVICE_BINDING_ROOT=(unset)" in fail
+    assert result.stdout.rstrip().endswith("result: FAILED (1 failed)")
+
+
+def test_check_with_a_wrong_setting_fails_on_one_line(ias_emulator: IASEmulator) -> None:
+    def factory() -> Flask:
+        return build_app(ias_emulator, IAS_PKCE_LEEWAY=-1)
+
+    result = CliRunner(**SEPARATE_STDERR).invoke(
+        FlaskGroup(create_app=factory), ["ias-pkce", "check"]
+    )
+
+    assert result.exit_code == 1
+    assert "IAS_PKCE_LEEWAY must be" in lines(result, "FAIL")["config"]
+
+
+def test_check_of_a_disabled_extension_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VCAP_SERVICES", raising=False)
+    app = Flask("off")
+    app.config["IAS_PKCE_ENABLED"] = False
+    IASPKCE(app)
+
+    result = run(app, "check")
+
+    assert result.exit_code == 1
+    assert "IAS_PKCE_ENABLED = False" in lines(result, "FAIL")["extension"]
+
+
+def test_check_without_a_binding_from_the_flask_command(tmp_path: Path) -> None:
+    # As a user runs it: the flask executable, an app module, an environment without bindings.
+    (tmp_path / "unbound_app.py").write_text(
+        "from flask import Flask\nfrom flask_ias_pkce import IASPKCE\n"
+        "app = Flask(__name__)\nIASPKCE(app)\n"
+    )
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("VCAP_SERVICES", "SERVICE_BINDING_ROOT") and not name.startswith("IAS_")
+    }
+    flask = Path(sys.executable).with_name("flask")
+    command = [str(flask), "--app", "unbound_app", "ias-pkce", "check"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL  binding      No IAS (identity) service binding found")
+    assert "Looked in:" in done.stdout
+    assert done.stderr == ""
+
+
+def test_tls_failure_reports_every_step_on_stdout(ias_emulator: IASEmulator) -> None:
+    with IASEmulator() as other:
+        result = run(build_app(ias_emulator, IAS_PKCE_VERIFY=other.ca_file), "check")
+
+    assert result.stderr == ""
+    steps = [line.split()[:2] for line in result.stdout.splitlines() if line[:4] in WORDS]
+    assert steps == [
+        ["PASS", "binding"],
+        ["FAIL", "tls"],
+        ["SKIP", "discovery"],
+        ["SKIP", "jwks"],
+        ["SKIP", "client"],
+    ]

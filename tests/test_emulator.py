@@ -781,3 +781,194 @@ def test_stop_is_quick_with_open_connection_and_removes_files() -> None:
 def test_plugin_fixtures(ias_emulator: IASEmulator, public_token: str) -> None:
     claims = decode(ias_emulator, public_token, ias_emulator.public_client_id)
     assert claims["iss"] == ias_emulator.issuer
+
+
+@pytest.mark.parametrize("credential_type", ["X509_GENERATED", "SECRET"])
+def test_app_config_binds_an_app_in_one_call(credential_type: str) -> None:
+    from flask import Flask
+
+    from flask_ias_pkce import IASPKCE, current_token
+
+    with IASEmulator(credential_type=credential_type) as ias:
+        config = ias.app_config(IAS_PKCE_PROTECT="marked", leeway=30, TESTING=True)
+        app = Flask("bound")
+        app.config.update(config)
+        ext = IASPKCE(app)
+
+        @app.get("/me")
+        @ext.required
+        def me() -> dict[str, Any]:
+            return {"aud": current_token.claims["aud"]}
+
+        answer = app.test_client().get(
+            "/me", headers={"Authorization": f"Bearer {ias.issue_public_token()}"}
+        )
+        assert answer.status_code == 200, answer.json
+        assert ias.xsuaa_client_id in answer.json["aud"]
+        assert ias.exchanges[0].auth_method == (
+            "tls_client_auth" if credential_type == "X509_GENERATED" else "client_secret_basic"
+        )
+
+    assert config["IAS_PKCE_PROTECT"] == "marked"
+    assert config["IAS_PKCE_LEEWAY"] == 30
+    assert config["TESTING"] is True
+    assert config["IAS_PKCE_VERIFY"].endswith("ca.pem")
+    assert ("IAS_PKCE_CLIENT_SECRET" in config) == (credential_type == "SECRET")
+    assert ("IAS_PKCE_KEY" in config) == (credential_type == "X509_GENERATED")
+
+
+def test_app_config_leaves_the_audience_to_the_binding() -> None:
+    # One IAS application: the public token's aud is the app's own client id, which is
+    # the default accepted audience; app_config() must not widen it.
+    with IASEmulator() as ias:
+        assert "IAS_PKCE_ACCEPTED_AUDIENCES" not in ias.app_config()
+        assert ias.client_id in jwt.get_unverified_claims(ias.issue_public_token())["aud"]
+        environment = ias.app_environment("APP", protect="marked")
+        assert set(environment) == {"VCAP_SERVICES", "APP_IAS_PKCE_VERIFY", "APP_IAS_PKCE_PROTECT"}
+        assert environment["APP_IAS_PKCE_VERIFY"] == ias.ca_file
+
+
+def _authorize_query(ias: IASEmulator, challenge: str = RFC_CHALLENGE) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": ias.public_client_id,
+        "redirect_uri": REDIRECT_URI,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st<&>ate",
+    }
+
+
+def test_a_browser_gets_a_login_page_and_its_form_signs_in(ias_emulator: IASEmulator) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = requests.get(
+        ias_emulator.authorize_endpoint,
+        params=_authorize_query(ias_emulator),
+        headers=browser,
+        allow_redirects=False,
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert '<form method="post" action="/oauth2/authorize"' in page.text
+    assert "alice@example.com" in page.text
+    assert 'value="st&lt;&amp;&gt;ate"' in page.text  # parameters are escaped
+    # The form posts the authorize parameters back with the chosen user.
+    signed_in = requests.post(
+        ias_emulator.authorize_endpoint,
+        data={**_authorize_query(ias_emulator), "pick": "alice@example.com"},
+        allow_redirects=False,
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert signed_in.status_code == 302
+    location = parse_qs(urlsplit(signed_in.headers["Location"]).query)
+    assert location["state"] == ["st<&>ate"]
+    tokens = requests.post(
+        ias_emulator.token_endpoint,
+        data={
+            "grant_type": "authorization_code",
+            "client_id": ias_emulator.public_client_id,
+            "code": location["code"][0],
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": RFC_VERIFIER,
+        },
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert tokens.status_code == 200
+    assert jwt.get_unverified_claims(tokens.json()["id_token"])["email"] == "alice@example.com"
+
+
+def test_the_login_form_refuses_an_unknown_user_on_the_page(ias_emulator: IASEmulator) -> None:
+    answer = requests.post(
+        ias_emulator.authorize_endpoint,
+        data={**_authorize_query(ias_emulator), "login_hint": "mallory@example.com"},
+        allow_redirects=False,
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    assert "There is no user &#x27;mallory@example.com&#x27;." in answer.text
+
+
+def test_a_programmatic_client_is_still_redirected_at_once(ias_emulator: IASEmulator) -> None:
+    answer = requests.get(
+        ias_emulator.authorize_endpoint,
+        params=_authorize_query(ias_emulator),
+        allow_redirects=False,
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert answer.status_code == 302
+    assert "code=" in answer.headers["Location"]
+
+
+def test_the_page_is_not_shown_for_a_bad_client(ias_emulator: IASEmulator) -> None:
+    answer = requests.get(
+        ias_emulator.authorize_endpoint,
+        params={**_authorize_query(ias_emulator), "client_id": "someone-else"},
+        headers={"Accept": "text/html"},
+        allow_redirects=False,
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert answer.status_code == 400
+
+
+def test_cors_only_for_allowed_origins(ias_emulator: IASEmulator) -> None:
+    allowed = "http://127.0.0.1:5000"
+    ias_emulator.allow_origin(allowed)
+
+    def token_call(origin: str) -> requests.Response:
+        return requests.post(
+            ias_emulator.token_endpoint,
+            data={"grant_type": "authorization_code"},
+            headers={"Origin": origin},
+            verify=ias_emulator.ca_file,
+            timeout=10,
+        )
+
+    good = token_call(allowed)
+    assert good.status_code == 400  # the request is incomplete, but the browser may read why
+    assert good.headers["Access-Control-Allow-Origin"] == allowed
+    assert good.headers["Vary"] == "Origin"
+    bad = token_call("http://evil.example")
+    assert "Access-Control-Allow-Origin" not in bad.headers
+    preflight = requests.options(
+        ias_emulator.token_endpoint,
+        headers={"Origin": allowed, "Access-Control-Request-Method": "POST"},
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == allowed
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    refused = requests.options(
+        ias_emulator.token_endpoint,
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    discovery = requests.get(
+        ias_emulator.url + "/.well-known/openid-configuration",
+        headers={"Origin": allowed},
+        verify=ias_emulator.ca_file,
+        timeout=10,
+    )
+    assert discovery.headers["Access-Control-Allow-Origin"] == allowed
+    assert ias_emulator.allowed_origins == {allowed}
+    with pytest.raises(ValueError, match="without a path"):
+        ias_emulator.allow_origin("http://127.0.0.1:5000/app")
+
+
+def test_the_emulator_listens_on_a_given_port() -> None:
+    with IASEmulator() as first:
+        port = int(first.url.rsplit(":", 1)[1])
+    with IASEmulator(port=port) as second:
+        assert second.url == f"https://localhost:{port}"
+    with pytest.raises(ValueError, match="port"):
+        IASEmulator(port=70000)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 import example_app
 from example_app import create_app
@@ -137,6 +140,48 @@ def test_no_emulator_when_a_binding_is_present(
     assert not any("DEVELOPMENT ONLY" in record.getMessage() for record in caplog.records)
     binding = app.extensions["ias_pkce"].settings.bindings.identity
     assert binding.url == ias_emulator.url
+
+
+def test_browser_command_prints_the_page_url_and_keeps_running() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "example_app", "--browser"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        printed = [process.stdout.readline() for _ in range(2)]
+        page_url = printed[1].split()[-1]
+        assert printed[1].startswith("  open ")
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/app/", page_url)
+        time.sleep(1)
+        assert process.poll() is None  # still serving
+        page = requests.get(page_url, timeout=10)
+        assert page.status_code == 200
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        config = requests.get(page_url + "config.json", timeout=10).json()
+        assert config["token_endpoint"].endswith("/oauth2/token")
+        assert requests.get(page_url + "client.js", timeout=10).status_code == 200
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors
+    assert "browser demo stopped" in rest
+
+
+def test_the_page_says_when_it_is_not_configured(ias_emulator: IASEmulator) -> None:
+    app = create_app(ias_emulator.app_config())
+    client = app.test_client()
+    assert client.get("/app/").status_code == 200  # exempt: the page is how one signs in
+    answer = client.get("/app/config.json")
+    assert answer.status_code == 503
+    assert answer.json["error"] == "not_configured"
+    assert client.get("/app/other.js").status_code == 404
 
 
 def test_deploy_files_set_up_one_ias_application() -> None:

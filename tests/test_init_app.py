@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_ias_pkce import IASPKCE, BindingError, ConfigError
+from flask_ias_pkce import (
+    IASPKCE,
+    BindingError,
+    ConfigError,
+    UnknownConfigKeyWarning,
+    current_token,
+)
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, emulator_config
@@ -142,3 +148,87 @@ def test_access_token_can_be_the_downstream_token(ias_emulator: IASEmulator) -> 
     app.config.update(emulator_config(ias_emulator, IAS_PKCE_USE_TOKEN="access_token"))
     IASPKCE(app)
     assert _serve(app, ias_emulator) == 200
+
+
+def test_disabled_extension_reads_no_binding(clean_environment: pytest.MonkeyPatch) -> None:
+    # Nothing bound, nothing configured: with IAS_PKCE_ENABLED False that is not an error.
+    app = Flask("disabled")
+    app.config["IAS_PKCE_ENABLED"] = False
+    ias = IASPKCE(app)
+
+    @app.get("/api/me")
+    def me() -> dict[str, bool]:
+        return {"token": bool(current_token)}
+
+    answer = app.test_client().get("/api/me", headers=bearer("not-even-a-token"))
+    assert answer.status_code == 200
+    assert answer.json == {"token": False}
+    assert "ias_pkce" not in app.extensions
+    with app.test_request_context(), pytest.raises(RuntimeError, match="No token"):
+        ias.session().get("http://127.0.0.1:9/never-sent")
+
+
+def test_disabled_takes_only_true_or_false(clean_environment: pytest.MonkeyPatch) -> None:
+    app = Flask("disabled")
+    app.config["IAS_PKCE_ENABLED"] = "false"
+    # Refused before any binding is looked up: the error names the setting, not a binding.
+    with pytest.raises(ConfigError, match="IAS_PKCE_ENABLED must be True or False"):
+        IASPKCE(app)
+
+
+def test_enabled_without_a_binding_still_fails_at_init_app(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    app = Flask("enabled")
+    app.config["IAS_PKCE_ENABLED"] = True
+    with pytest.raises(BindingError, match="No IAS"):
+        IASPKCE(app)
+
+
+@pytest.mark.parametrize(
+    ("misspelt", "closest"),
+    [
+        ("IAS_PKCE_PROTCET", "IAS_PKCE_PROTECT"),
+        ("IAS_PKCE_ACCEPTED_AUDIENCE", "IAS_PKCE_ACCEPTED_AUDIENCES"),
+        ("IAS_PKCE_CACHE_REDIS_UR", "IAS_PKCE_CACHE_REDIS_URL"),
+        ("IAS_PKCE_CACHE_DEFAULT_TIMOUT", "IAS_PKCE_CACHE_DEFAULT_TIMEOUT"),
+    ],
+)
+def test_a_misspelt_key_warns_with_the_closest_known_key(
+    ias_emulator: IASEmulator, misspelt: str, closest: str
+) -> None:
+    app = Flask("misspelt")
+    app.config.update(emulator_config(ias_emulator, **{misspelt: "marked"}))
+    with pytest.warns(UnknownConfigKeyWarning) as record:
+        IASPKCE(app)
+
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert misspelt in message
+    assert f"did you mean {closest}?" in message
+    assert record[0].filename == __file__  # points at the caller's line
+
+
+def test_a_key_like_no_other_warns_without_a_guess(ias_emulator: IASEmulator) -> None:
+    app = Flask("unknown")
+    app.config.update(emulator_config(ias_emulator, IAS_PKCE_ZZZ=1))
+    with pytest.warns(UnknownConfigKeyWarning, match="IAS_PKCE_ZZZ: no known key is close"):
+        IASPKCE().init_app(app)
+
+
+def test_known_keys_and_other_prefixes_do_not_warn(
+    ias_emulator: IASEmulator, recwarn: pytest.WarningsRecorder
+) -> None:
+    app = Flask("known")
+    app.config.update(
+        emulator_config(
+            ias_emulator,
+            IAS_PKCE_PROTECT="marked",
+            IAS_PKCE_CACHE_DEFAULT_TIMEOUT=60,
+            IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT=0.5,  # read by our Redis backend
+            CACHE_TYPE="NullCache",
+            IAS_PKCEX="not ours",
+        )
+    )
+    IASPKCE(app)
+    assert not [w for w in recwarn if issubclass(w.category, UnknownConfigKeyWarning)]

@@ -116,24 +116,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 (stdlib names)
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve  # noqa: N815 (stdlib names)
 
 
 class TLSServer(ThreadingHTTPServer):
-    """HTTPS on 127.0.0.1 with a free port; counts and tracks its connections."""
+    """HTTPS on 127.0.0.1, on a free port unless one is given; counts and tracks its
+    connections."""
 
     daemon_threads = True
     # socketserver's backlog of 5 overflows under a burst of new connections (a test of
     # what happens without single flight); 128 is what production servers use.
     request_queue_size = 128
 
-    def __init__(self, context: ssl.SSLContext, application: Application) -> None:
+    def __init__(self, context: ssl.SSLContext, application: Application, port: int = 0) -> None:
         self.application = application
         self._context = context
         self._lock = threading.Lock()
         self._open: set[ssl.SSLSocket] = set()
         self.connections = 0
-        super().__init__(("127.0.0.1", 0), _RequestHandler)
+        super().__init__(("127.0.0.1", port), _RequestHandler)
 
     @property
     def port(self) -> int:

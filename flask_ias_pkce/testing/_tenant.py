@@ -15,13 +15,14 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from flask_ias_pkce.testing import _login
 from flask_ias_pkce.testing._jws import InvalidTokenError, SigningKey, b64url, verify
 from flask_ias_pkce.testing._server import Request, Response
 
@@ -32,6 +33,11 @@ XSUAA_PREFIX = "/xsuaa"
 XSUAA_TOKEN_PATH = XSUAA_PREFIX + "/oauth/token"
 #: XSUAA's keys, at the root of its ``uaadomain`` host (the emulator's own server).
 XSUAA_KEYS_PATH = "/token_keys"
+AUTHORIZE_PATH = "/oauth2/authorize"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+#: What a browser app of an allowed origin may call across origins: discovery, the keys and
+#: the token endpoint (the authorize endpoint is a navigation, not a fetch).
+_CORS_PATHS = frozenset({DISCOVERY_PATH, "/oauth2/certs", TOKEN_PATH})
 
 _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
@@ -134,8 +140,12 @@ class Tenant:
         extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
         extra_clients: Mapping[str, str] | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         self.issuer = ""  # known once the server has a port
+        #: Origins (``scheme://host[:port]``) whose browser apps may call the tenant: IAS
+        #: answers CORS for the tenant's trusted domains only.
+        self.allowed_origins = set(allowed_origins)
         self.clock = clock
         self.token_lifetime = token_lifetime
         self.exchanged_token_lifetime = exchanged_token_lifetime
@@ -245,21 +255,44 @@ class Tenant:
 
     def route(self, request: Request, params: Params) -> Response:
         """Answer a request with IAS's behaviour; 404/405 JSON for anything else."""
-        routes: dict[str, tuple[str, Callable[[Request, Params], Response]]] = {
-            "/.well-known/openid-configuration": ("GET", self._discovery),
-            "/oauth2/certs": ("GET", self._certs),
-            "/oauth2/authorize": ("GET", self._authorize),
-            TOKEN_PATH: ("POST", self._token),
-            XSUAA_TOKEN_PATH: ("POST", self._xsuaa_token),
-            XSUAA_KEYS_PATH: ("GET", self._xsuaa_token_keys),
+        routes: dict[str, tuple[tuple[str, ...], Callable[[Request, Params], Response]]] = {
+            DISCOVERY_PATH: (("GET",), self._discovery),
+            "/oauth2/certs": (("GET",), self._certs),
+            # POST is the login page's form.
+            AUTHORIZE_PATH: (("GET", "POST"), self._authorize),
+            TOKEN_PATH: (("POST",), self._token),
+            XSUAA_TOKEN_PATH: (("POST",), self._xsuaa_token),
+            XSUAA_KEYS_PATH: (("GET",), self._xsuaa_token_keys),
         }
         if request.path not in routes:
             return json_response(404, {"error": "not_found", "error_description": "no endpoint"})
-        method, endpoint = routes[request.path]
-        if request.method != method:
-            payload = {"error": "invalid_request", "error_description": f"use {method}"}
-            return json_response(405, payload, {"Allow": method})
-        return endpoint(request, params)
+        methods, endpoint = routes[request.path]
+        cors = self._cors_headers(request)
+        if request.method == "OPTIONS" and request.path in _CORS_PATHS:
+            # A CORS preflight. Without an allowed Origin the answer carries no CORS
+            # headers, so the browser refuses the actual request.
+            preflight = {
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Allow-Headers": "Content-Type, Authorization",
+                "Access-Control-Max-Age": "600",
+            }
+            return Response(204, headers={**cors, **(preflight if cors else {})})
+        if request.method not in methods:
+            allowed = ", ".join(methods)
+            payload = {"error": "invalid_request", "error_description": f"use {allowed}"}
+            return json_response(405, payload, {"Allow": allowed})
+        response = endpoint(request, params)
+        if request.path in _CORS_PATHS:
+            response.headers.update(cors)
+        return response
+
+    def _cors_headers(self, request: Request) -> dict[str, str]:
+        # Unconfirmed detail: IAS answers CORS for the origins of the tenant's trusted
+        # domains; the exact header set it sends is modelled on the Fetch standard.
+        origin = request.headers.get("origin")
+        if origin is None or origin not in self.allowed_origins:
+            return {"Vary": "Origin"} if origin is not None else {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     def _certs(self, request: Request, params: Params) -> Response:
         """The JWKS, for the clients and tenant this IAS knows.
@@ -311,6 +344,12 @@ class Tenant:
         )
 
     def _authorize(self, request: Request, params: Params) -> Response:
+        if request.method == "POST":
+            # The login page's form: its authorize parameters plus the user picked or typed.
+            params = dict(params)
+            picked = params.pop(_login.PICK_FIELD, None)
+            if picked:
+                params["login_hint"] = picked
         query = {name: values[0] for name, values in params.items()}
         redirect_uri = query.get("redirect_uri", "")
         split = urlsplit(redirect_uri)
@@ -335,8 +374,18 @@ class Tenant:
             return refuse("invalid_request", "code_challenge_method must be S256")
         if not _CHALLENGE.fullmatch(query.get("code_challenge", "")):
             return refuse("invalid_request", "code_challenge is missing or malformed")
+        if request.method == "GET" and _login.wants_page(request.headers.get("accept")):
+            # A browser: the user signs in on the page first. Other clients are signed in
+            # at once as login_hint (or the first user), so tests run unattended.
+            page = _login.render(query, self.users, self.public_client_id)
+            return Response(200, page, dict(_login.PAGE_HEADERS))
         login_hint = query.get("login_hint") or next(iter(self.users))
         if login_hint not in self.users:
+            if request.method == "POST":
+                # IAS keeps the user on its page with a message, not a redirect.
+                error = f"There is no user {login_hint!r}."
+                page = _login.render(query, self.users, self.public_client_id, error)
+                return Response(200, page, dict(_login.PAGE_HEADERS))
             return refuse("access_denied", "unknown user")
         code = secrets.token_urlsafe(32)
         grant = _Grant(

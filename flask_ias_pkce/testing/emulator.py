@@ -33,6 +33,7 @@ import requests
 from flask_ias_pkce.testing import _pki
 from flask_ias_pkce.testing._server import Request, Response, TLSServer
 from flask_ias_pkce.testing._tenant import (
+    AUTHORIZE_PATH,
     JWT_BEARER,
     TOKEN_PATH,
     XSUAA_PREFIX,
@@ -55,6 +56,22 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
 _REDACTED = "<redacted>"
 #: A subscriber's name: one DNS label, the first of its host ``<name>.localhost``.
 _SUBSCRIBER = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _setting_name(name: str) -> str:
+    """``protect`` is short for ``IAS_PKCE_PROTECT``; other names stay as they are."""
+    return f"IAS_PKCE_{name.upper()}" if name.islower() else name
+
+
+def _environment_text(value: Any) -> str:
+    """``value`` as an environment variable that ``from_prefixed_env`` reads back: text as
+    it is (a path stays readable), unless JSON would read it as something else."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,10 @@ class IASEmulator:
 
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
+    A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
+    signed in at once. ``allowed_origins`` (and :meth:`allow_origin`) are the origins whose
+    browser apps may call the token endpoint across origins (CORS). ``port`` fixes the
+    HTTPS port (default: a free one).
 
     ``extra_applications`` are client ids of further IAS applications of the tenant (each
     a public client of its own, as a second ``identity`` instance is, with its own
@@ -156,7 +177,11 @@ class IASEmulator:
         users: Mapping[str, Mapping[str, Any]] | None = None,
         extra_applications: Iterable[str] = (),
         subscribers: Iterable[str] | Mapping[str, str] = (),
+        allowed_origins: Iterable[str] = (),
+        port: int = 0,
     ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be from 0 (a free one) to 65535")
         if credential_type not in ("X509_GENERATED", "SECRET"):
             raise ValueError("credential_type must be 'X509_GENERATED' or 'SECRET'")
         if xsuaa_credential_type not in ("binding-secret", "x509"):
@@ -188,12 +213,14 @@ class IASEmulator:
                 extra_app_tids=extra_tids,
                 users=DEFAULT_USERS if users is None else users,
                 extra_clients=extra_clients,
+                allowed_origins=allowed_origins,
             )
 
         client_secret = secrets.token_urlsafe(32)
         xsuaa_client_secret = secrets.token_urlsafe(32)
         self._tenant = tenant(app_tid, frozenset(extra_app_tids))
         self._subscribers = {name: tenant(tid, frozenset()) for name, tid in subscribers.items()}
+        self._port = port
         self._xsuaa_credential_type = xsuaa_credential_type
         self._lock = threading.Lock()
         self._calls: list[Call] = []
@@ -241,7 +268,7 @@ class IASEmulator:
             # Only our CA is trusted, so a certificate of another CA fails the handshake.
             context.verify_mode = ssl.CERT_OPTIONAL
             context.load_verify_locations(Path(tmpdir, "ca.pem"))
-            self._server = TLSServer(context, self._handle)
+            self._server = TLSServer(context, self._handle, self._port)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -460,6 +487,48 @@ class IASEmulator:
             binding["clientsecret"] = self._tenant.xsuaa_client_secret
         return binding
 
+    def app_config(self, **extra: Any) -> dict[str, Any]:
+        """The ``IAS_PKCE_*`` settings of an app bound to this emulator, for ``app.config``.
+
+        They name the tenant, the app's credentials (certificate and key, or the secret),
+        the trusted domain, the tenant id, the XSUAA client id and the emulator's CA file.
+        The accepted audience is left at its default, the app's own client id: the public
+        client and the backend are one IAS application. ``extra`` adds to
+        them or wins over them: ``app_config(IAS_PKCE_PROTECT="marked", TESTING=True)``;
+        a lower-case name is short for its ``IAS_PKCE_`` key (``protect="marked"``).
+        """
+        binding = self.binding
+        config: dict[str, Any] = {
+            "IAS_PKCE_IAS_URL": binding["url"],
+            "IAS_PKCE_CLIENT_ID": binding["clientid"],
+            "IAS_PKCE_DOMAINS": list(binding["domains"]),
+            "IAS_PKCE_APP_TID": binding["app_tid"],
+            "IAS_PKCE_XSUAA_CLIENT_ID": self.xsuaa_client_id,
+            "IAS_PKCE_VERIFY": self.ca_file,
+        }
+        if "clientsecret" in binding:
+            config["IAS_PKCE_CLIENT_SECRET"] = binding["clientsecret"]
+        else:
+            config["IAS_PKCE_CERTIFICATE"] = binding["certificate"]
+            config["IAS_PKCE_KEY"] = binding["key"]
+        for name, value in extra.items():
+            config[_setting_name(name)] = value
+        return config
+
+    def app_environment(self, prefix: str = "FLASK", **extra: Any) -> dict[str, str]:
+        """The environment variables that bind an app to this emulator as a platform would:
+        ``VCAP_SERVICES`` with the ``identity`` and ``xsuaa`` bindings, and
+        ``<prefix>_IAS_PKCE_VERIFY`` (the CA file) for Flask's
+        ``app.config.from_prefixed_env(prefix)``. ``extra`` settings are added the same
+        way, as JSON unless they are text that JSON would read as something else."""
+        config = self.app_config(**extra)
+        wanted = {"IAS_PKCE_VERIFY", *map(_setting_name, extra)}
+        settings = {key: value for key, value in config.items() if key in wanted}
+        environment = {"VCAP_SERVICES": json.dumps(self.vcap_services())}
+        for key, value in settings.items():
+            environment[f"{prefix}_{key}"] = _environment_text(value)
+        return environment
+
     def vcap_services(self) -> dict[str, Any]:
         """A whole ``VCAP_SERVICES`` value with the ``identity`` and ``xsuaa`` bindings."""
         return {
@@ -484,6 +553,31 @@ class IASEmulator:
                 }
             ],
         }
+
+    def allow_origin(self, origin: str) -> None:
+        """Let browser apps served from ``origin`` (``http://127.0.0.1:5000``, no path)
+        call discovery, the keys and the token endpoint: IAS answers CORS only for the
+        tenant's trusted domains."""
+        split = urlsplit(origin)
+        if split.scheme not in ("http", "https") or not split.netloc or split.path:
+            raise ValueError("an origin is scheme://host[:port], without a path")
+        self._tenant.allowed_origins.add(origin)
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The origins :meth:`allow_origin` (or ``allowed_origins=``) let in."""
+        return frozenset(self._tenant.allowed_origins)
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """``<url>/oauth2/authorize``: a browser gets the login page, other clients are
+        signed in at once (as ``login_hint`` or the first user)."""
+        return self.url + AUTHORIZE_PATH
+
+    @property
+    def users(self) -> list[str]:
+        """The users' ``login_hint`` values (e-mail addresses), the default first."""
+        return list(self._tenant.users)
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -576,7 +670,7 @@ class IASEmulator:
             query["login_hint"] = login_hint
         with requests.Session() as session:
             answer = session.get(
-                self.url + "/oauth2/authorize",
+                self.authorize_endpoint,
                 params=query,
                 allow_redirects=False,
                 verify=verify,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -32,15 +31,7 @@ def bound_environment(ias: IASEmulator, *, prefix: str, **settings: Any) -> dict
     ``VCAP_SERVICES`` with its bindings, and ``<prefix>_<key>`` variables holding the JSON
     of ``settings`` (read them with ``app.config.from_prefixed_env(prefix)``). The emulator's
     CA is trusted unless ``settings`` say otherwise."""
-    environment = dict(os.environ)
-    environment["VCAP_SERVICES"] = json.dumps(ias.vcap_services())
-    values: dict[str, Any] = {
-        "IAS_PKCE_VERIFY": ias.ca_file,
-        **settings,
-    }
-    for key, value in values.items():
-        environment[f"{prefix}_{key}"] = json.dumps(value)
-    return environment
+    return {**os.environ, **ias.app_environment(prefix, **settings)}
 
 
 class GunicornServer:
