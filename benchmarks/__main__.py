@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import burst, exchange, growth, hot_path, network, over_http
+from . import burst, exchange, growth, hot_path, network, over_http, redis_topologies
 from ._common import Figure, MissingProgramError, quick_parser, report
 
 SECTIONS: dict[str, Callable[[bool], Sequence[Figure]]] = {
@@ -21,6 +21,7 @@ SECTIONS: dict[str, Callable[[bool], Sequence[Figure]]] = {
     "network": network.figures,
     "burst": burst.figures,
     "growth": growth.figures,
+    "redis_topologies": redis_topologies.figures,
 }
 
 

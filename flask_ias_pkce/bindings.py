@@ -112,6 +112,8 @@ class Bindings:
     xsuaa_client_id: str
     redis_url: str | None
     identities: tuple[IdentityBinding, ...]
+    #: The bound Redis runs in cluster mode (the ``redis-cache`` binding's ``cluster_mode``).
+    redis_cluster: bool = False
 
     def __repr__(self) -> str:
         # The Redis URL carries the Redis password.
@@ -121,7 +123,8 @@ class Bindings:
             redis_url = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
         return (
             f"Bindings(identities={self.identities!r}, xsuaa={self.xsuaa!r}, "
-            f"xsuaa_client_id={self.xsuaa_client_id!r}, redis_url={redis_url!r})"
+            f"xsuaa_client_id={self.xsuaa_client_id!r}, redis_url={redis_url!r}, "
+            f"redis_cluster={self.redis_cluster!r})"
         )
 
 
@@ -182,7 +185,8 @@ def load_bindings(
     quiet = _text_setting(config, "IAS_PKCE_CACHE_REDIS_URL") is not None
     redis_found = _select(groups, _REDIS_LABELS, several, quiet)
     redis_url = _redis_url(redis_found) if redis_found else None
-    return Bindings(identities[0], xsuaa, xsuaa_client_id, redis_url, identities)
+    redis_cluster = _flag(redis_found.credentials.get("cluster_mode")) if redis_found else False
+    return Bindings(identities[0], xsuaa, xsuaa_client_id, redis_url, identities, redis_cluster)
 
 
 def _xsuaa_choice(
@@ -451,11 +455,16 @@ def _redis_url(found: _Found) -> str:
     if not host:
         raise BindingError(f"Redis binding {found.source} has neither 'uri' nor 'hostname'")
     # SAP's Redis always speaks TLS; plain redis:// only when the binding says so.
-    tls = str(credentials.get("tls", True)).strip().lower() not in ("false", "0", "no")
+    tls = _flag(credentials.get("tls", True))
     password = credentials.get("password")
     auth = f":{quote(str(password), safe='')}@" if password else ""
     port = credentials.get("port") or 6379
     return f"{'rediss' if tls else 'redis'}://{auth}{host}:{port}"
+
+
+def _flag(value: object) -> bool:
+    """A binding's boolean: JSON ``true``, or the text a Kubernetes secret file holds."""
+    return str(value).strip().lower() not in ("false", "0", "no", "", "none")
 
 
 def _text_setting(config: Mapping[str, Any], key: str) -> str | None:

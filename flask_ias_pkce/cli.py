@@ -30,6 +30,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .bearer import parse_bearer
 from .bindings import BindingError
+from .cache import shared_backend
 from .config import ConfigError, foreign_audiences_warning
 from .constants import EXTENSION_NAME
 from .errors import IASPKCEError
@@ -183,6 +184,7 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
         steps.warned("audience", audience_warning)
     trust = "the system CA bundle" if settings.verify is True else str(settings.verify)
     steps.detail(f"TLS: IAS certificate verified against {trust}")
+    _check_cache(steps, state)
 
     # The calls the key cache makes for the binding's own tenant, step by step.
     keys = route.keys
@@ -224,6 +226,25 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
         _check_client_authentication(steps, route, origin, method)
     else:
         steps.skipped("client auth", "needs a TLS connection")
+
+
+def _check_cache(steps: _Steps, state: _State) -> None:
+    """Which cache is in use; for a shared one (Redis, its Cluster, Sentinel) one PING."""
+    backend = state.authenticator.cache.backend
+    shared = shared_backend(backend)
+    if shared is None:
+        steps.detail(f"cache: in-process ({type(backend).__name__}), not shared between processes")
+        return
+    started = time.perf_counter()
+    problem = shared.check()
+    if problem is None:
+        steps.passed("cache", f"{shared.mode} at {shared.where}: PING ({_milliseconds(started)})")
+    else:
+        steps.failed("cache", f"{shared.mode} at {shared.where} did not answer PING: {problem}")
+        steps.detail(
+            "requests are still served, but processes do not share exchanged tokens: "
+            "each exchanges on its own"
+        )
 
 
 def _tls_diagnosis(origin: str, verify: bool | str, timeout: float, trust: str) -> str:

@@ -41,6 +41,16 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_RETRIES": 2,
     "IAS_PKCE_CACHE_TYPE": "SimpleCache",
     "IAS_PKCE_CACHE_REDIS_URL": None,
+    "IAS_PKCE_CACHE_REDIS_CA": None,
+    "IAS_PKCE_CACHE_REDIS_CERT": None,
+    "IAS_PKCE_CACHE_REDIS_KEY": None,
+    "IAS_PKCE_CACHE_REDIS_CLUSTER": None,
+    "IAS_PKCE_CACHE_REDIS_SENTINELS": None,
+    "IAS_PKCE_CACHE_REDIS_SENTINEL_MASTER": None,
+    "IAS_PKCE_CACHE_REDIS_PASSWORD": None,
+    "IAS_PKCE_CACHE_REDIS_SENTINEL_PASSWORD": None,
+    "IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT": 0.25,
+    "IAS_PKCE_CACHE_REDIS_HEALTH_CHECK_INTERVAL": 10,
     "IAS_PKCE_CACHE_SECRET": None,
     "IAS_PKCE_PASSTHROUGH": True,
     "IAS_PKCE_MAX_TOKEN_BYTES": 8192,
@@ -110,8 +120,31 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "selects flask-ias-pkce's own Redis backend, which never unpickles; Flask-Caching's "
     "pickling Redis backends are refused. Other ``IAS_PKCE_CACHE_*`` keys are passed on "
     "as ``CACHE_*``; the host app's ``CACHE_*`` keys are never read.",
-    "IAS_PKCE_CACHE_REDIS_URL": "The Redis URL for ``RedisCache``. Default: the bound "
+    "IAS_PKCE_CACHE_REDIS_URL": "The Redis URL for ``RedisCache``: ``redis://`` or "
+    "``rediss://`` (TLS, the server's certificate and host name always verified; TLS "
+    "settings in the URL such as ``ssl_cert_reqs`` are refused). Default: the bound "
     "``redis-cache`` service.",
+    "IAS_PKCE_CACHE_REDIS_CA": "Path of a CA bundle that signs the Redis server's "
+    "certificate (a private CA), instead of the system's. Needs ``rediss://``.",
+    "IAS_PKCE_CACHE_REDIS_CERT": "Path of a client certificate (PEM) for a Redis that asks "
+    "for one (``tls-auth-clients``).",
+    "IAS_PKCE_CACHE_REDIS_KEY": "Path of that certificate's private key (PEM), unless the "
+    "certificate file holds it.",
+    "IAS_PKCE_CACHE_REDIS_CLUSTER": "``True``: the URL names a node of a Redis Cluster; "
+    "redis-py's cluster client follows ``MOVED``/``ASK`` and failovers, and an entry and "
+    "its lock share a hash slot. Default: the ``redis-cache`` binding's ``cluster_mode``.",
+    "IAS_PKCE_CACHE_REDIS_SENTINELS": "Redis Sentinels (a list of ``host:port``) that "
+    "name the master; a failover is followed without a restart. Replaces the URL.",
+    "IAS_PKCE_CACHE_REDIS_SENTINEL_MASTER": "The service name the Sentinels monitor the "
+    "master under (``sentinel monitor <name> ...``); required with Sentinels.",
+    "IAS_PKCE_CACHE_REDIS_PASSWORD": "The Redis password, when the URL has none (always "
+    "with Sentinels).",
+    "IAS_PKCE_CACHE_REDIS_SENTINEL_PASSWORD": "The Sentinels' own password, if they require one.",
+    "IAS_PKCE_CACHE_REDIS_SOCKET_TIMEOUT": "Seconds a Redis call may take (connecting "
+    "included) before it counts as a miss; keeps an outage or a failover from slowing "
+    "requests down.",
+    "IAS_PKCE_CACHE_REDIS_HEALTH_CHECK_INTERVAL": "Seconds after which an idle pooled Redis "
+    "connection is checked with a PING before use.",
     "IAS_PKCE_CACHE_SECRET": "Key of the keyed BLAKE2b that names cache entries and of the AES-GCM "
     "sealing of their values. Random per process by default; required, and the same in "
     "every process, when the cache is shared.",

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from flask_caching.backends.simplecache import SimpleCache
 from werkzeug.utils import ImportStringError, import_string
 
 from . import http, signals
+from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
 from .bindings import Bindings, IdentityBinding, load_bindings
 from .cache import TokenCache
@@ -38,7 +40,7 @@ from .config import (
 )
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
 from .context import TokenContext, current_token, resolve_g
-from .errors import IASPKCEError, MissingToken
+from .errors import IASPKCEError, InsufficientScope, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
 from .service import Authenticator, Route
@@ -84,7 +86,7 @@ _CACHE_DEFAULTS: Final = {
 }
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per app
 class _State:
     """What ``app.extensions["ias_pkce"]`` holds for one app."""
 
@@ -93,6 +95,11 @@ class _State:
     keys: JWKSCache
     policy: http.HttpPolicy
     modes: dict[str, str] = field(default_factory=dict)
+    #: The second hop, when the xsuaa binding allows it (scope rules need it).
+    xsuaa: XsuaaHop | None = None
+    #: Per endpoint, the authorization rules resolved at its first request (with scope
+    #: names qualified by the xsappname); emptied whenever a rule is added.
+    rules: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
 
 
 class IASPKCE:
@@ -113,6 +120,11 @@ class IASPKCE:
         self._clock = clock
         self._view_marks: dict[Callable[..., Any], str] = {}
         self._blueprint_marks: dict[object, str] = {}
+        self._view_rules: dict[Callable[..., Any], tuple[Requirement, ...]] = {}
+        self._blueprint_rules: dict[object, tuple[Requirement, ...]] = {}
+        # The states of the apps initialised so far, so that a rule added later is checked
+        # against them at once and reaches their per-endpoint caches. Weak: the app owns them.
+        self._states: weakref.WeakSet[_State] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -176,8 +188,10 @@ class IASPKCE:
             clock=self._clock,
             xsuaa=xsuaa_hop,
         )
-        state = _State(settings, authenticator, routes[0].keys, policy)
+        state = _State(settings, authenticator, routes[0].keys, policy, xsuaa=xsuaa_hop)
+        _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
+        self._states.add(state)
         app.before_request(self._hook(state))
         logger.info(
             "flask-ias-pkce ready: binding%s from %s, cache %s, XSUAA hop %s",
@@ -204,12 +218,97 @@ class IASPKCE:
         self._mark(view_or_blueprint, SKIP)
         return view_or_blueprint
 
-    def protect(self, blueprint: Blueprint) -> Blueprint:
-        """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT = "marked"``)."""
+    def protect(
+        self,
+        blueprint: Blueprint,
+        *,
+        groups: Iterable[str] = (),
+        scopes: Iterable[str] = (),
+        all: bool = False,
+    ) -> Blueprint:
+        """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT =
+        "marked"``), and, when given, one of ``groups`` and one of ``scopes`` (all of
+        them with ``all=True``), as :meth:`require_groups` and :meth:`require_scopes` do.
+
+        The innermost marked blueprint decides: a nested blueprint's own ``protect`` or
+        ``exempt`` replaces its parent's rules. A view's own rules add to its blueprint's;
+        both must hold.
+
+        :raises ~flask_ias_pkce.config.ConfigError: ``scopes`` without a usable xsuaa
+            binding (also raised by a later ``init_app``).
+        """
         if not isinstance(blueprint, Blueprint):
             raise TypeError("protect() takes a Blueprint; use @required for a view")
+        # A lone string is refused by Requirement.of, not split into letters.
+        listed = [
+            (kind, names if isinstance(names, str) else tuple(names))
+            for kind, names in ((GROUP, groups), (SCOPE, scopes))
+        ]
+        rules = tuple(Requirement.of(kind, names, all) for kind, names in listed if names)
+        self._check_new_rules(rules)
         self._mark(blueprint, REQUIRED)
+        self._blueprint_rules[blueprint] = rules
+        self._rules_changed()
         return blueprint
+
+    def require_groups(self, *groups: str, all: bool = False) -> Callable[[F], F]:
+        """Decorator: the view needs a token whose ``groups`` claim (of the exchanged IAS
+        token) holds one of ``groups``, or all of them with ``all=True``; else 403
+        ``insufficient_scope``. IAS sends one group as a string and several as a list;
+        any other value counts as no groups. The check reads the cached claims: a cache
+        hit costs no call to IAS.
+
+        The view needs a token whatever the mode; rules of its blueprint hold as well.
+
+        :raises ~flask_ias_pkce.config.ConfigError: the view is ``exempt`` or ``optional``.
+        """
+        return self._view_rule(Requirement.of(GROUP, groups, all))
+
+    def require_scopes(self, *scopes: str, all: bool = False) -> Callable[[F], F]:
+        """Decorator: the view needs a token whose XSUAA token (the second hop) holds one
+        of ``scopes``, or all of them with ``all=True``; else 403 ``insufficient_scope``.
+
+        Write local scopes, without the ``<xsappname>.`` prefix (``"Read"``, as SAP's
+        ``checkLocalScope`` takes them); they are compared with the prefix of the xsuaa
+        binding's ``xsappname``. The XSUAA token is obtained once per IAS token and cached.
+
+        :raises ~flask_ias_pkce.config.ConfigError: the view is ``exempt`` or ``optional``,
+            or an app of this extension has no usable xsuaa binding (with ``xsappname``);
+            if ``init_app`` comes later, it raises instead.
+        """
+        return self._view_rule(Requirement.of(SCOPE, scopes, all))
+
+    def _view_rule(self, rule: Requirement) -> Callable[[F], F]:
+        self._check_new_rules((rule,))
+
+        def mark(view: F) -> F:
+            if not callable(view) or isinstance(view, Blueprint):
+                raise TypeError("require_groups() and require_scopes() decorate a view function")
+            mode = self._view_marks.get(view)
+            if mode in (SKIP, OPTIONAL):
+                raise ConfigError(_contradiction(view, mode))
+            self._view_marks[view] = REQUIRED
+            self._view_rules[view] = (*self._view_rules.get(view, ()), rule)
+            self._rules_changed()
+            return view
+
+        return mark
+
+    def _rules(self) -> Iterable[Requirement]:
+        for rules in (*self._view_rules.values(), *self._blueprint_rules.values()):
+            yield from rules
+
+    def _check_new_rules(self, rules: tuple[Requirement, ...]) -> None:
+        for state in self._states:
+            _check_scopes_possible(state, rules)
+
+    def _rules_changed(self) -> None:
+        # Rules resolve per endpoint once; a rule added after the first requests must
+        # still take effect, so every app forgets what it resolved (and the modes, since
+        # a rule makes its view need a token).
+        for state in self._states:
+            state.rules.clear()
+            state.modes.clear()
 
     def required(self, view: F) -> F:
         """Decorator: this view needs a valid token, whatever the blueprint or mode says."""
@@ -225,7 +324,11 @@ class IASPKCE:
     def _mark(self, target: Any, mode: str) -> None:
         if isinstance(target, Blueprint):
             self._blueprint_marks[target] = mode
+            if self._blueprint_rules.pop(target, None):
+                self._rules_changed()
         elif callable(target):
+            if mode != REQUIRED and target in self._view_rules:
+                raise ConfigError(_contradiction(target, mode))
             self._view_marks[target] = mode
         else:
             raise TypeError("expected a view function or a Blueprint")
@@ -253,6 +356,25 @@ class IASPKCE:
                 return mark
         return REQUIRED if state.settings.protect == "all" else SKIP
 
+    def _resolve_rules(self, state: _State, current: Request) -> tuple[Requirement, ...]:
+        """The endpoint's rules: its innermost marked blueprint's, then the view's own."""
+        app = _app()
+        inherited: tuple[Requirement, ...] = ()
+        for name in current.blueprints:
+            blueprint = app.blueprints.get(name)
+            if blueprint in self._blueprint_marks:
+                inherited = self._blueprint_rules.get(blueprint, ())
+                break
+        view = app.view_functions.get(current.endpoint)  # type: ignore[arg-type]
+        # Group rules first: a refusal for want of a group then costs no call to XSUAA.
+        rules = sorted(
+            (*inherited, *self._view_rules.get(view, ())),  # type: ignore[arg-type]
+            key=lambda rule: rule.kind != GROUP,
+        )
+        # Checked when each rule was added; the xsuaa hop is there when a scope rule is.
+        prefix = state.xsuaa.scope_prefix if state.xsuaa is not None else None
+        return tuple(rule.qualified(prefix or "") if rule.kind == SCOPE else rule for rule in rules)
+
     # -- the hook -----------------------------------------------------------------------
 
     def _hook(self, state: _State) -> Callable[[], None]:
@@ -275,10 +397,15 @@ class IASPKCE:
         mode = self._mode(state, current)
         if mode == SKIP:
             return
+        rules = state.rules.get(current.endpoint)
+        if rules is None:
+            rules = state.rules[current.endpoint] = self._resolve_rules(state, current)
         # What ``headers.get("Authorization")`` returns, without its key normalisation.
         authorization = current.environ.get("HTTP_AUTHORIZATION")
         token_in_query = b"access_token=" in current.query_string
-        if mode == OPTIONAL and authorization is None and not token_in_query:
+        # An optional view under a blueprint with rules still needs a token: an anonymous
+        # caller holds no group and no scope.
+        if mode == OPTIONAL and not rules and authorization is None and not token_in_query:
             setattr(g, G_ATTRIBUTE, None)
             return
         started = time.perf_counter()
@@ -304,6 +431,16 @@ class IASPKCE:
                 passthrough=context.passthrough,
                 duration=time.perf_counter() - started,
             )
+        # Authentication first (a bad token is a 401 whatever the rules), then the rules.
+        if rules:
+            try:
+                _authorize(rules, context)
+            except IASPKCEError as error:
+                # The view does not run: nothing of the token stays in g.
+                delattr(resolve_g(), G_ATTRIBUTE)
+                error.realm = settings.realm
+                _report_refusal(error, time.perf_counter() - started)
+                raise
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -387,6 +524,48 @@ def _caller_stacklevel() -> int:
 
 def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+def _authorize(rules: tuple[Requirement, ...], context: TokenContext) -> None:
+    """Raise :class:`~flask_ias_pkce.InsufficientScope` for the first rule not met.
+
+    Groups come from the cached claims, scopes from the cached XSUAA token: a cache hit
+    costs no call to IAS or XSUAA.
+    """
+    for rule in rules:
+        held = context.groups if rule.kind == GROUP else context.xsuaa_scopes()
+        if not rule.met_by(held):
+            description = (
+                "The token lacks a group this resource needs"
+                if rule.kind == GROUP
+                else "The token lacks a scope this resource needs"
+            )
+            raise InsufficientScope(description, reason=rule.reason, needed=rule.challenge_names())
+
+
+def _check_scopes_possible(state: _State, rules: Iterable[Requirement]) -> None:
+    """Scope rules need the second hop and the xsappname: refuse them at registration."""
+    if not any(rule.kind == SCOPE for rule in rules):
+        return
+    if state.xsuaa is None:
+        raise ConfigError(
+            "require_scopes() and protect(scopes=...) need the XSUAA token of the second "
+            "hop, but there is no usable xsuaa binding (url and a secret or certificate)"
+        )
+    if state.xsuaa.scope_prefix is None:
+        raise ConfigError(
+            "require_scopes() and protect(scopes=...) compare scopes with the xsuaa "
+            "binding's xsappname, but the binding has none"
+        )
+
+
+def _contradiction(view: Callable[..., Any], mode: str | None) -> str:
+    name = getattr(view, "__qualname__", repr(view))
+    how = "exempt" if mode == SKIP else "optional"
+    return (
+        f"The view {name} is {how} and has a group or scope requirement: a requirement "
+        "needs a token, so remove one of the two"
+    )
 
 
 def _report_exchange(context: TokenContext, duration: float) -> None:
@@ -508,12 +687,17 @@ def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
                 "pip install 'flask-ias-pkce[redis]'"
             )
         config["CACHE_TYPE"] = _SAFE_REDIS
-        config["CACHE_REDIS_URL"] = config["CACHE_REDIS_URL"] or bindings.redis_url
-        if not config["CACHE_REDIS_URL"]:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_TYPE is RedisCache but there is no IAS_PKCE_CACHE_REDIS_URL "
-                "and no bound Redis service"
-            )
+        if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
+            config["CACHE_REDIS_URL"] = bindings.redis_url
+            # The binding says whether its Redis is a cluster, unless the config does.
+            if config.get("CACHE_REDIS_CLUSTER") is None:
+                config["CACHE_REDIS_CLUSTER"] = bindings.redis_cluster
+            if not config["CACHE_REDIS_URL"]:
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "
+                    "IAS_PKCE_CACHE_REDIS_URL, no IAS_PKCE_CACHE_REDIS_SENTINELS and no bound "
+                    "Redis service"
+                )
     else:
         # Refused before it is built when the name is a class: no connection, no files.
         factory = _backend_factory(cache_type)

@@ -10,8 +10,13 @@ operation returns a miss or ``False`` within a short socket timeout instead of r
 failure is logged at most once per interval, and the cache works again by itself when Redis
 does.
 
+It speaks to one Redis (``redis://``, or ``rediss://`` with the certificate always
+verified), to a Redis Cluster (``CACHE_REDIS_CLUSTER``; an entry and its lock share a hash
+slot) or to the master that Sentinels name (``CACHE_REDIS_SENTINELS``), following a
+failover without a restart.
+
 Select it with ``CACHE_TYPE = "flask_ias_pkce.redis_cache.SafeRedisCache"`` and
-``CACHE_REDIS_URL``.
+``CACHE_REDIS_URL`` (see :meth:`SafeRedisCache.factory` for every key).
 """
 
 from __future__ import annotations
@@ -19,18 +24,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import secrets
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from flask_caching.backends.base import BaseCache
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from .config import ConfigError
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -51,6 +62,153 @@ DEFAULT_LOG_INTERVAL: Final = 30.0
 _URL_SCHEMES: Final = ("redis", "rediss")
 # Characters that SCAN's MATCH pattern would read as wildcards.
 _GLOB_SPECIALS: Final = "\\*?[]"
+#: What the token cache appends to an entry's key to name its lock; on a cluster both get
+#: the same hash tag, so the lock, its Lua release and the wait live in the entry's slot.
+LOCK_SUFFIX: Final = ":lock"
+#: A cluster that could not be reached is tried again at most this often (seconds).
+_RECONNECT_INTERVAL: Final = 1.0
+#: Everything redis-py raises for a Redis that is down, slow, failing over or resharding.
+#: ``RedisClusterException`` (no cluster node reachable, a slot not covered) is not a
+#: ``RedisError``.
+_REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
+# Options that would decide TLS verification or replace the connection (and with it the
+# verification): only our own keys set TLS, and they always verify.
+_REFUSED_OPTIONS: Final = frozenset({"connection_class", "connection_pool", "redis_connect_func"})
+
+Client = redis.Redis | redis.RedisCluster
+
+
+def _host_port(address: object) -> tuple[str, int]:
+    text = str(address).strip()
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            "IAS_PKCE_CACHE_REDIS_SENTINELS must be a list of 'host:port' (or one string of "
+            f"them separated by commas); {text!r} is not one"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _sentinel_addresses(value: object) -> list[tuple[str, int]]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or isinstance(items, bytes) or not items:
+        raise ConfigError("IAS_PKCE_CACHE_REDIS_SENTINELS must be a list of 'host:port'")
+    return [_host_port(item) for item in items]
+
+
+def _file(value: object, key: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | os.PathLike) or not os.path.isfile(value):
+        raise ConfigError(f"IAS_PKCE_CACHE_REDIS_{key} must be the path of an existing file")
+    return os.fspath(value)
+
+
+def _tls_options(
+    url: str | None,
+    options: dict[str, Any],
+    *,
+    ca: object = None,
+    cert: object = None,
+    key: object = None,
+) -> dict[str, Any]:
+    """The redis-py options for TLS with verification always on, or ``{}`` for plain Redis.
+
+    Verification cannot be turned off: TLS settings in the URL's query (redis-py would pass
+    ``ssl_cert_reqs=none`` on to the connection) and in the options are refused, and so
+    are options that replace the connection. A private CA and a client certificate come
+    from ``CA``, ``CERT`` and ``KEY`` (file paths) only.
+    """
+    query = [name for name, _ in parse_qsl(urlsplit(url).query)] if url else []
+    in_url = sorted({name for name in query if name.lower().startswith("ssl")})
+    if in_url:
+        raise ConfigError(
+            f"the Redis URL sets {', '.join(in_url)}: TLS settings in the URL are refused, "
+            "since certificate verification cannot be turned off. Use "
+            "IAS_PKCE_CACHE_REDIS_CA (a private CA), IAS_PKCE_CACHE_REDIS_CERT and "
+            "IAS_PKCE_CACHE_REDIS_KEY (a client certificate)"
+        )
+    refused = sorted(
+        name for name in options if name.lower().startswith("ssl") or name in _REFUSED_OPTIONS
+    )
+    if refused:
+        raise ConfigError(
+            f"IAS_PKCE_CACHE_OPTIONS sets {', '.join(refused)}, which could turn certificate "
+            "verification off, and is refused. Use a rediss:// URL with "
+            "IAS_PKCE_CACHE_REDIS_CA, IAS_PKCE_CACHE_REDIS_CERT and IAS_PKCE_CACHE_REDIS_KEY"
+        )
+    ca_file, cert_file, key_file = _file(ca, "CA"), _file(cert, "CERT"), _file(key, "KEY")
+    if key_file is not None and cert_file is None:
+        raise ConfigError("IAS_PKCE_CACHE_REDIS_KEY needs IAS_PKCE_CACHE_REDIS_CERT")
+    tls = url is not None and urlsplit(url).scheme == "rediss"
+    if not tls:
+        if ca_file or cert_file:
+            raise ConfigError(
+                "IAS_PKCE_CACHE_REDIS_CA, _CERT and _KEY need a rediss:// URL (TLS); the "
+                "Redis URL is plain redis://"
+            )
+        return {}
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": ca_file,
+        "ssl_certfile": cert_file,
+        "ssl_keyfile": key_file,
+    }
+
+
+def _cause(error: BaseException) -> str:
+    """What the log may say about ``error``: its class, and for a refused certificate why.
+
+    Never the message itself: a Redis error message could quote a command's arguments.
+    """
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (
+                f"{type(error).__name__}: the server's TLS certificate was refused "
+                f"({seen.verify_message}); check IAS_PKCE_CACHE_REDIS_CA"
+            )
+        if isinstance(seen, ssl.SSLError):
+            return f"{type(error).__name__}: TLS handshake failed ({seen.reason})"
+        # redis-py raises its ConnectionError while handling the ssl error: the context.
+        seen = seen.__cause__ or seen.__context__
+    return type(error).__name__
+
+
+class _ClusterClient:
+    """A ``redis.RedisCluster`` built at first use, and again after a failed attempt.
+
+    redis-py's cluster client asks a node for the slot map in its constructor, so a cluster
+    that is down while the app starts would stop the app. Here the app starts, the cache
+    counts as unavailable, and the client is built once the cluster answers (tried at
+    most once per ``_RECONNECT_INTERVAL``, so a down cluster costs no time per request).
+    """
+
+    def __init__(self, build: Callable[[], redis.RedisCluster]) -> None:
+        self._build = build
+        self._client: redis.RedisCluster | None = None
+        self._failed_at: float | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> redis.RedisCluster:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                now = time.monotonic()
+                if self._failed_at is not None and now - self._failed_at < _RECONNECT_INTERVAL:
+                    raise redis.ConnectionError("no node of the Redis Cluster answered")
+                try:
+                    self._client = self._build()
+                except _REDIS_ERRORS:
+                    self._failed_at = now
+                    raise
+            return self._client
+
 
 _Timeout = int | float | dt.timedelta
 
@@ -68,6 +226,27 @@ def _timeout_ms(timeout: _Timeout | None) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _connection_kwargs(client: Client) -> dict[str, Any]:
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]
+        return dict(node.redis_connection.get_connection_kwargs())
+    return dict(client.get_connection_kwargs())
+
+
+def _client_defaults(
+    options: dict[str, Any], socket_timeout: float, health_check_interval: int
+) -> None:
+    options.setdefault("socket_timeout", socket_timeout)
+    options.setdefault("socket_connect_timeout", socket_timeout)
+    options.setdefault("health_check_interval", health_check_interval)
+    # redis-py retries three times with backoff by default, which turns "Redis is
+    # down" into seconds per request. One immediate retry on a connection error is
+    # enough to replace a pooled connection that a Redis restart broke; a timeout is
+    # not retried, so a slow Redis costs one socket timeout per call.
+    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    options["decode_responses"] = False
+
+
 def _check_value(value: object) -> bytes:
     if not isinstance(value, bytes):
         # Anything else would need a serializer, and serializers are what we avoid.
@@ -78,14 +257,22 @@ def _check_value(value: object) -> bytes:
 class SafeRedisCache(BaseCache):
     """Flask-Caching backend over Redis for ``bytes`` values, with no serializer at all.
 
-    :param client: a ``redis.Redis`` that returns bytes (``decode_responses=False``);
-        :meth:`factory` builds one from ``CACHE_REDIS_URL`` with short timeouts.
+    :param client: a ``redis.Redis`` (one server, or a Sentinel-managed master) or a
+        ``redis.RedisCluster`` that returns bytes (``decode_responses=False``);
+        :meth:`factory` and :meth:`from_url` build one with short timeouts. A zero-argument
+        callable that returns the client is accepted too (a cluster client built at first
+        use, so that the app starts while the cluster is down).
     :param key_prefix: put in front of every key, so that several apps can share a Redis
         and :meth:`clear` only touches our entries.
     :param default_timeout: kept for Flask-Caching's interface, never used: :meth:`set` and
         :meth:`add` require an explicit positive timeout.
     :param clock: monotonic seconds, for the log interval (tests pass a fake one).
     :param log_interval: while Redis stays down, warn at most once per this many seconds.
+    :param cluster: keys carry a hash tag (``prefix{key}``, ``prefix{key}:lock``), so that
+        an entry and its lock live in one slot; set for a ``redis.RedisCluster``.
+    :param where: where Redis is, for logs and ``flask ias-pkce check`` (never a password);
+        by default the client's host and port.
+    :param mode: what kind of Redis this is, for the same places.
 
     No method raises because of Redis: a failed read is a miss (``None``), a failed write
     is ``False``. Programming errors still raise: a non-bytes value (:class:`TypeError`),
@@ -94,29 +281,70 @@ class SafeRedisCache(BaseCache):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client | Callable[[], Client],
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         default_timeout: int = 300,
         ignore_delete_many_errors: bool = True,
         clock: Callable[[], float] = time.monotonic,
         log_interval: float = DEFAULT_LOG_INTERVAL,
+        cluster: bool | None = None,
+        where: str | None = None,
+        mode: str | None = None,
     ) -> None:
         super().__init__(
             default_timeout=default_timeout, ignore_delete_many_errors=ignore_delete_many_errors
         )
-        if client.get_connection_kwargs().get("decode_responses"):
-            raise ValueError("SafeRedisCache needs a Redis client with decode_responses=False")
-        self.client = client
+        if isinstance(client, redis.Redis | redis.RedisCluster):
+            fixed = client
+            if _connection_kwargs(client).get("decode_responses"):
+                raise ValueError("SafeRedisCache needs a Redis client with decode_responses=False")
+            self._connect: Callable[[], Client] = lambda: fixed
+            if where is None:
+                kwargs = _connection_kwargs(client)
+                where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+            if cluster is None:
+                cluster = isinstance(client, redis.RedisCluster)
+        else:
+            self._connect = client
+        self._cluster = bool(cluster)
+        if self._cluster and ("{" in key_prefix or "}" in key_prefix):
+            raise ValueError("on a Redis Cluster the key prefix must not contain '{' or '}'")
         self.key_prefix = key_prefix
         self._clock = clock
         self._log_interval = log_interval
         self._available = True
         self._last_warning_at: float | None = None
         self._state_lock = threading.Lock()
-        connection_kwargs = client.get_connection_kwargs()
         # Where Redis is, for the log; never the password.
-        self._where = f"{connection_kwargs.get('host', '?')}:{connection_kwargs.get('port', '?')}"
+        self._where = where or "?"
+        self.mode = mode or ("Redis Cluster" if self._cluster else "Redis")
+
+    @property
+    def client(self) -> Client:
+        """The Redis client. For a cluster not reached yet this tries to connect, and raises
+        a ``redis.RedisError`` (or ``RedisClusterException``) while it cannot."""
+        return self._connect()
+
+    @property
+    def where(self) -> str:
+        """Where Redis is (host and port, the Sentinels, a cluster's first node)."""
+        return self._where
+
+    def ping(self) -> bool:
+        """One round trip to Redis; ``False`` (and counted as an outage) if it fails."""
+        return self.check() is None
+
+    def check(self) -> str | None:
+        """One ``PING``: ``None`` if Redis answered, else why not (the error's class, and
+        for TLS what was wrong with the certificate; never a password or a key)."""
+        try:
+            self.client.ping()
+        except _REDIS_ERRORS as error:
+            self._failed(error)
+            return _cause(error)
+        self._succeeded()
+        return None
 
     @classmethod
     def factory(
@@ -128,23 +356,70 @@ class SafeRedisCache(BaseCache):
     ) -> SafeRedisCache:
         """Build the cache from Flask-Caching's configuration.
 
-        Reads ``CACHE_REDIS_URL`` (``redis://`` or ``rediss://``, required),
-        ``CACHE_KEY_PREFIX``, ``CACHE_REDIS_SOCKET_TIMEOUT`` (seconds, default 0.25, used
-        for connecting and for every answer) and ``CACHE_REDIS_HEALTH_CHECK_INTERVAL``.
-        Other ``CACHE_OPTIONS`` are passed to ``redis.Redis.from_url``.
+        Reads ``CACHE_REDIS_URL`` (``redis://`` or ``rediss://``; required unless
+        Sentinels are given), ``CACHE_KEY_PREFIX``, ``CACHE_REDIS_SOCKET_TIMEOUT``
+        (seconds, default 0.25, used for connecting and for every answer) and
+        ``CACHE_REDIS_HEALTH_CHECK_INTERVAL``; for TLS ``CACHE_REDIS_CA``,
+        ``CACHE_REDIS_CERT`` and ``CACHE_REDIS_KEY`` (file paths); ``CACHE_REDIS_CLUSTER``
+        (``True``: a Redis Cluster, the URL names one of its nodes);
+        ``CACHE_REDIS_SENTINELS`` (``host:port`` list) with
+        ``CACHE_REDIS_SENTINEL_MASTER``; ``CACHE_REDIS_PASSWORD`` (the Redis password, if
+        the URL has none) and ``CACHE_REDIS_SENTINEL_PASSWORD`` (the Sentinels' own).
+        Other ``CACHE_OPTIONS`` are passed to redis-py, except those that would decide TLS
+        verification.
         """
         options = dict(kwargs)
         default_timeout = options.pop("default_timeout", 300)
         ignore_delete_many_errors = options.pop("ignore_delete_many_errors", True)
-        return cls.from_url(
-            str(config.get("CACHE_REDIS_URL") or ""),
-            key_prefix=config.get("CACHE_KEY_PREFIX", DEFAULT_KEY_PREFIX) or "",
-            socket_timeout=float(config.get("CACHE_REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT)),
-            health_check_interval=int(
+        common: dict[str, Any] = {
+            "key_prefix": config.get("CACHE_KEY_PREFIX", DEFAULT_KEY_PREFIX) or "",
+            "socket_timeout": float(
+                config.get("CACHE_REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT)
+            ),
+            "health_check_interval": int(
                 config.get("CACHE_REDIS_HEALTH_CHECK_INTERVAL", DEFAULT_HEALTH_CHECK_INTERVAL)
             ),
-            default_timeout=default_timeout,
-            ignore_delete_many_errors=ignore_delete_many_errors,
+            "default_timeout": default_timeout,
+            "ignore_delete_many_errors": ignore_delete_many_errors,
+        }
+        password = config.get("CACHE_REDIS_PASSWORD")
+        if password is not None:
+            options.setdefault("password", str(password))
+        sentinels = config.get("CACHE_REDIS_SENTINELS")
+        if sentinels:
+            if config.get("CACHE_REDIS_CLUSTER"):
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_REDIS_SENTINELS and IAS_PKCE_CACHE_REDIS_CLUSTER exclude "
+                    "each other"
+                )
+            if any(config.get(f"CACHE_REDIS_{key}") for key in ("CA", "CERT", "KEY")):
+                raise ConfigError(
+                    "TLS to Sentinels (IAS_PKCE_CACHE_REDIS_CA, _CERT, _KEY) is not supported"
+                )
+            master = config.get("CACHE_REDIS_SENTINEL_MASTER")
+            if not isinstance(master, str) or not master:
+                raise ConfigError(
+                    "IAS_PKCE_CACHE_REDIS_SENTINELS needs IAS_PKCE_CACHE_REDIS_SENTINEL_MASTER, "
+                    "the name of the master's service"
+                )
+            sentinel_password = config.get("CACHE_REDIS_SENTINEL_PASSWORD")
+            return cls.from_sentinels(
+                _sentinel_addresses(sentinels),
+                master,
+                sentinel_password=str(sentinel_password) if sentinel_password else None,
+                **common,
+                **options,
+            )
+        cluster = config.get("CACHE_REDIS_CLUSTER") or False
+        if not isinstance(cluster, bool):
+            raise ConfigError("IAS_PKCE_CACHE_REDIS_CLUSTER must be True or False")
+        return cls.from_url(
+            str(config.get("CACHE_REDIS_URL") or ""),
+            cluster=cluster,
+            ca=config.get("CACHE_REDIS_CA"),
+            cert=config.get("CACHE_REDIS_CERT"),
+            key=config.get("CACHE_REDIS_KEY"),
+            **common,
             **options,
         )
 
@@ -160,6 +435,10 @@ class SafeRedisCache(BaseCache):
         ignore_delete_many_errors: bool = True,
         clock: Callable[[], float] = time.monotonic,
         log_interval: float = DEFAULT_LOG_INTERVAL,
+        cluster: bool = False,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
         **redis_options: Any,
     ) -> SafeRedisCache:
         """Build the cache and its client from a ``redis://`` or ``rediss://`` URL.
@@ -167,24 +446,44 @@ class SafeRedisCache(BaseCache):
         :param socket_timeout: seconds, for connecting and for every answer.
         :param health_check_interval: seconds after which an idle pooled connection is
             checked with a PING before use.
-        :param redis_options: passed on to ``redis.Redis.from_url``.
+        :param cluster: the URL names a node of a Redis Cluster: use redis-py's cluster
+            client, which follows ``MOVED`` and ``ASK`` and finds the new master after a
+            failover.
+        :param ca: over ``rediss://``, a CA bundle to verify the server with instead of the
+            system's; the certificate and the host name are always verified.
+        :param cert: a client certificate (PEM file) for a server that asks for one.
+        :param key: its private key (PEM file), unless ``cert`` holds it.
+        :param redis_options: passed on to redis-py; options that would decide TLS
+            verification are refused.
         """
-        if urlsplit(url).scheme not in _URL_SCHEMES:
+        parts = urlsplit(url)
+        if parts.scheme not in _URL_SCHEMES:
             # Not the URL itself: it may carry a password.
             raise ValueError(
                 "SafeRedisCache needs CACHE_REDIS_URL starting with redis:// or rediss://"
             )
-        redis_options.setdefault("socket_timeout", socket_timeout)
-        redis_options.setdefault("socket_connect_timeout", socket_timeout)
-        redis_options.setdefault("health_check_interval", health_check_interval)
-        # redis-py retries three times with backoff by default, which turns "Redis is
-        # down" into seconds per request. One immediate retry on a connection error is
-        # enough to replace a pooled connection that a Redis restart broke; a timeout is
-        # not retried, so a slow Redis costs one socket timeout per call.
-        redis_options.setdefault(
-            "retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        )
-        redis_options["decode_responses"] = False
+        redis_options.update(_tls_options(url, redis_options, ca=ca, cert=cert, key=key))
+        _client_defaults(redis_options, socket_timeout, health_check_interval)
+        tls = " over TLS" if parts.scheme == "rediss" else ""
+        where = f"{parts.hostname}:{parts.port or 6379}"
+        if cluster:
+            # The cluster client retries a command itself after a connection error
+            # (refreshing the slot map): once, like the single client below.
+            retry = redis_options.pop("retry")
+            connect = _ClusterClient(
+                lambda: redis.RedisCluster.from_url(url, retry=retry, **redis_options)
+            )
+            return cls(
+                connect.get,
+                key_prefix=key_prefix,
+                default_timeout=default_timeout,
+                ignore_delete_many_errors=ignore_delete_many_errors,
+                clock=clock,
+                log_interval=log_interval,
+                cluster=True,
+                where=where,
+                mode=f"Redis Cluster{tls}",
+            )
         return cls(
             redis.Redis.from_url(url, **redis_options),
             key_prefix=key_prefix,
@@ -192,6 +491,58 @@ class SafeRedisCache(BaseCache):
             ignore_delete_many_errors=ignore_delete_many_errors,
             clock=clock,
             log_interval=log_interval,
+            where=where,
+            mode=f"Redis{tls}",
+        )
+
+    @classmethod
+    def from_sentinels(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        sentinel_password: str | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL,
+        default_timeout: int = 300,
+        ignore_delete_many_errors: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        log_interval: float = DEFAULT_LOG_INTERVAL,
+        **redis_options: Any,
+    ) -> SafeRedisCache:
+        """Build the cache on the master that the Sentinels name for ``service_name``.
+
+        Every new connection asks the Sentinels for the master, so after a failover the
+        connections to the old master fail once (a miss) and the next ones reach the new
+        master, without a restart.
+
+        :param sentinels: ``(host, port)`` of each Sentinel.
+        :param sentinel_password: the Sentinels' own password, if they require one; the
+            master's is ``password`` in ``redis_options``.
+        """
+        _tls_options(None, redis_options)
+        _client_defaults(redis_options, socket_timeout, health_check_interval)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+        }
+        if sentinel_password:
+            sentinel_kwargs["password"] = sentinel_password
+        sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(  # type: ignore[no-untyped-call]
+            service_name, redis_class=redis.Redis, **redis_options
+        )
+        addresses = ",".join(f"{host}:{port}" for host, port in sentinels)
+        return cls(
+            client,
+            key_prefix=key_prefix,
+            default_timeout=default_timeout,
+            ignore_delete_many_errors=ignore_delete_many_errors,
+            clock=clock,
+            log_interval=log_interval,
+            where=f"master {service_name!r} of the Sentinels at {addresses}",
+            mode="Redis Sentinel",
         )
 
     @property
@@ -200,7 +551,12 @@ class SafeRedisCache(BaseCache):
         return self._available
 
     def _key(self, key: str) -> str:
-        return self.key_prefix + key
+        if not self._cluster:
+            return self.key_prefix + key
+        # The hash tag: Redis Cluster hashes only what is between the first { and }.
+        if key.endswith(LOCK_SUFFIX):
+            return f"{self.key_prefix}{{{key[: -len(LOCK_SUFFIX)]}}}{LOCK_SUFFIX}"
+        return f"{self.key_prefix}{{{key}}}"
 
     def _succeeded(self) -> None:
         # Plain attribute read on the hot path; the lock only when the state changes.
@@ -213,9 +569,9 @@ class SafeRedisCache(BaseCache):
             was_available, self._available = self._available, True
             self._last_warning_at = None
         if not was_available:
-            logger.info("Redis cache at %s is available again", self._where)
+            logger.info("%s cache at %s is available again", self.mode, self._where)
 
-    def _failed(self, error: redis.RedisError) -> None:
+    def _failed(self, error: BaseException) -> None:
         now = self._clock()
         with self._state_lock:
             self._available = False
@@ -225,18 +581,18 @@ class SafeRedisCache(BaseCache):
             ):
                 return
             self._last_warning_at = now
-        # Only the error's class: a Redis error message could quote a command's arguments.
         logger.warning(
-            "Redis cache at %s unavailable (%s); working without it",
+            "%s cache at %s unavailable (%s); working without it",
+            self.mode,
             self._where,
-            type(error).__name__,
+            _cause(error),
         )
 
     def get(self, key: str) -> bytes | None:
         """The raw bytes stored under ``key``, or ``None`` (absent, or Redis unavailable)."""
         try:
             value = self.client.get(self._key(key))
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return None
         self._succeeded()
@@ -247,8 +603,14 @@ class SafeRedisCache(BaseCache):
         if not keys:
             return []
         try:
-            values = self.client.mget([self._key(key) for key in keys])
-        except redis.RedisError as error:
+            names = [self._key(key) for key in keys]
+            client = self.client
+            if isinstance(client, redis.RedisCluster):
+                # The keys may live in several slots: one MGET per slot.
+                values = client.mget_nonatomic(names)
+            else:
+                values = client.mget(names)
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return [None] * len(keys)
         self._succeeded()
@@ -258,7 +620,7 @@ class SafeRedisCache(BaseCache):
         """Whether ``key`` exists; ``False`` if Redis fails."""
         try:
             exists = self.client.exists(self._key(key))
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return False
         self._succeeded()
@@ -286,7 +648,7 @@ class SafeRedisCache(BaseCache):
         ttl_ms = _timeout_ms(timeout)
         try:
             stored = self.client.set(self._key(key), value, px=ttl_ms, nx=only_new)
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return False
         self._succeeded()
@@ -298,12 +660,12 @@ class SafeRedisCache(BaseCache):
         values = {key: _check_value(value) for key, value in mapping.items()}
         if not values:
             return []
-        pipeline = self.client.pipeline(transaction=False)
-        for key, value in values.items():
-            pipeline.set(self._key(key), value, px=ttl_ms)
         try:
+            pipeline = self.client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipeline.set(self._key(key), value, px=ttl_ms)
             results = pipeline.execute()
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return []
         self._succeeded()
@@ -313,7 +675,7 @@ class SafeRedisCache(BaseCache):
         """Delete ``key``; ``True`` if it existed, ``False`` if not or if Redis failed."""
         try:
             deleted = self.client.delete(self._key(key))
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return False
         self._succeeded()
@@ -339,7 +701,7 @@ class SafeRedisCache(BaseCache):
                 self.client.unlink(*names)
             else:
                 self.client.delete(*names)
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return []
         self._succeeded()
@@ -364,7 +726,7 @@ class SafeRedisCache(BaseCache):
                     batch.clear()
             if batch:
                 self.client.unlink(*batch)
-        except redis.RedisError as error:
+        except _REDIS_ERRORS as error:
             self._failed(error)
             return False
         self._succeeded()
@@ -379,8 +741,9 @@ class SafeRedisCache(BaseCache):
         raise NotImplementedError("SafeRedisCache stores expiring bytes only, not counters")
 
     def lock(self, key: str, *, ttl_ms: int, owner: str | None = None) -> RedisLock:
-        """A :class:`RedisLock` named ``key`` under this cache's prefix."""
-        return RedisLock(self.client, self._key(key), ttl_ms=ttl_ms, owner=owner)
+        """A :class:`RedisLock` named ``key`` under this cache's prefix (on a cluster, in the
+        slot of the entry ``key`` locks: name it ``<entry key>:lock``)."""
+        return RedisLock(self._connect, self._key(key), ttl_ms=ttl_ms, owner=owner)
 
     def wait_for(
         self, key: str, timeout: float, poll: float = 0.02, *, lock_key: str | None = None
@@ -421,7 +784,7 @@ class SafeRedisCache(BaseCache):
                     last = self.client.get(name)
                     self._succeeded()
                     return last if isinstance(last, bytes) else None
-            except redis.RedisError as error:
+            except _REDIS_ERRORS as error:
                 self._failed(error)
                 return None
             self._succeeded()
@@ -449,7 +812,9 @@ return 0
 class RedisLock:
     """A lock in Redis shared by processes: one exchange per token across all workers.
 
-    :param client: the Redis client (e.g. :attr:`SafeRedisCache.client`).
+    :param client: the Redis client (e.g. :attr:`SafeRedisCache.client`), a Redis Cluster
+        client (the lock is one key, so one slot), or a zero-argument callable that returns
+        the client when needed.
     :param name: the lock's Redis key, used as given (see :meth:`SafeRedisCache.lock`).
     :param ttl_ms: the lock frees itself after this long unless renewed, so that a holder
         that dies cannot block the others for longer.
@@ -461,38 +826,55 @@ class RedisLock:
     """
 
     def __init__(
-        self, client: redis.Redis, name: str, *, ttl_ms: int, owner: str | None = None
+        self,
+        client: Client | Callable[[], Client],
+        name: str,
+        *,
+        ttl_ms: int,
+        owner: str | None = None,
     ) -> None:
         if ttl_ms <= 0:
             raise ValueError("ttl_ms must be positive: a lock without expiry could block forever")
-        self.client = client
+        if isinstance(client, redis.Redis | redis.RedisCluster):
+            fixed = client
+            self._connect: Callable[[], Client] = lambda: fixed
+        else:
+            self._connect = client
         self.name = name
         self.ttl_ms = ttl_ms
         self.owner = owner if owner is not None else secrets.token_hex(16)
+
+    @property
+    def client(self) -> Client:
+        """The Redis client the lock lives in."""
+        return self._connect()
+
+    def _script(self, source: str) -> Any:
         # Script objects send EVALSHA and fall back to EVAL when Redis lost its script
-        # cache (after a restart).
-        self._renew = client.register_script(_RENEW_SCRIPT)
-        self._release = client.register_script(_RELEASE_SCRIPT)
+        # cache (after a restart or a failover); registering costs no round trip.
+        return self.client.register_script(source)
 
     def acquire(self) -> bool:
         """Take the lock if nobody holds it (``SET name owner NX PX ttl``, atomic)."""
         try:
             return bool(self.client.set(self.name, self.owner, nx=True, px=self.ttl_ms))
-        except redis.RedisError:
+        except _REDIS_ERRORS:
             return False
 
     def renew(self) -> bool:
         """Extend the lock to ``ttl_ms`` from now, if we still own it."""
         try:
-            return bool(self._renew(keys=[self.name], args=[self.owner, self.ttl_ms]))
-        except redis.RedisError:
+            renew = self._script(_RENEW_SCRIPT)
+            return bool(renew(keys=[self.name], args=[self.owner, self.ttl_ms]))
+        except _REDIS_ERRORS:
             return False
 
     def release(self) -> bool:
         """Free the lock if we own it; another owner's lock is left alone."""
         try:
-            return bool(self._release(keys=[self.name], args=[self.owner]))
-        except redis.RedisError:
+            release = self._script(_RELEASE_SCRIPT)
+            return bool(release(keys=[self.name], args=[self.owner]))
+        except _REDIS_ERRORS:
             return False
 
     @contextmanager

@@ -16,6 +16,7 @@ from .context import TokenContext
 from .errors import IASRefused, InvalidToken
 from .exchange import ExchangeClient
 from .verify import JWKSCache, TokenVerifier, audiences, issuer_origin, unverified_claims
+from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -50,7 +51,7 @@ class Authenticator:
         routes: Sequence[Route],
         cache: TokenCache,
         clock: Callable[[], float],
-        xsuaa: Callable[[TokenContext], str] | None = None,
+        xsuaa: XsuaaHop | None = None,
     ) -> None:
         self.settings = settings
         self.routes = tuple(routes)

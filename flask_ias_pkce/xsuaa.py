@@ -140,6 +140,9 @@ class XsuaaHop:
         )
         self._key_sets: OrderedDict[str | None, KeySet] = OrderedDict()
         self._key_sets_lock = threading.Lock()
+        #: What XSUAA puts before an app's own (local) scopes: ``"<xsappname>."``, or
+        #: ``None`` when the binding names no ``xsappname``.
+        self.scope_prefix = f"{binding.xsappname}." if binding.xsappname else None
 
     def __call__(self, context: TokenContext) -> str:
         """The XSUAA token for ``context.token``, from the cache or from XSUAA.
@@ -148,11 +151,16 @@ class XsuaaHop:
         :raises ~flask_ias_pkce.errors.IASUnavailable: XSUAA cannot be reached.
         :raises ~flask_ias_pkce.errors.IASTimeout: XSUAA did not answer in time.
         """
+        return self.entry(context).token
+
+    def entry(self, context: TokenContext) -> Entry:
+        """The cache entry of the XSUAA token for ``context.token`` (its token, and its
+        claims and scopes decoded once per entry); raises as :meth:`__call__` does."""
         key = self._cache.key(context.token, purpose=CACHE_PURPOSE)
         entry = self._cache.get(key)
         if entry is None:
             entry, _ = self._cache.get_or_compute(key, lambda: self._obtain(key, context))
-        return entry.token
+        return entry
 
     def _obtain(self, key: str, context: TokenContext) -> Entry:
         zone = context.claims.get("app_tid")

@@ -18,6 +18,7 @@ SECTIONS = (
     "4 burst (one fresh token)",
     "5 growth (cached tokens)",
     "6 network (IAS 20 ms away)",
+    "7 shared cache: hit cost per Redis topology",
 )
 
 
@@ -38,12 +39,14 @@ def test_quick_run_reports_every_section() -> None:
     for figure in (
         "added cost, python-jose / ours",
         "JSON view reading current_token 3 times / unprotected twin",
+        "function calls added per request",
         "protected / bare throughput",
         "new connection / keep-alive latency",
         "wave exchanges",
         "wave latency p50 / p99 ms",
         "NO single flight",
         "bytes per cached token",
+        "TLS / plain; cluster / plain",
     ):
         assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
 

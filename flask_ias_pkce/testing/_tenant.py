@@ -43,6 +43,8 @@ _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 #: Claims that describe a token rather than its user: an exchange makes new ones.
+#: The key of a user in ``users`` that lists the user's XSUAA scopes (local names).
+XSUAA_SCOPES = "scopes"
 _PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", "nonce", "cnf"})
 
 Params = dict[str, list[str]]
@@ -162,6 +164,12 @@ class Tenant:
         #: Further applications of the tenant (client id: secret), each a public client of
         #: its own that exchanges its own tokens, as a second ``identity`` instance is.
         self.extra_clients = dict(extra_clients or {})
+        for hint, user in self.users.items():
+            scopes = user.get(XSUAA_SCOPES)
+            if scopes is not None and (
+                isinstance(scopes, str) or not all(isinstance(name, str) for name in scopes)
+            ):
+                raise ValueError(f"the {XSUAA_SCOPES!r} of user {hint!r} must be a list of strings")
         self._lock = threading.Lock()
         self._keys = [SigningKey.generate()]  # the JWKS; the last one signs
         self._retired: dict[str, SigningKey] = {}
@@ -234,7 +242,9 @@ class Tenant:
         """What a token says about the user ``hint``: ``sub`` (the subject name identifier:
         the ``user_uuid``, else the email), ``email`` and the user's own claims."""
         user = self.users[hint]
-        return {"sub": user.get("user_uuid", hint), "email": hint, **user}
+        # "scopes" is the user's setting for XSUAA, not a claim IAS sends.
+        claims = {name: value for name, value in user.items() if name != XSUAA_SCOPES}
+        return {"sub": user.get("user_uuid", hint), "email": hint, **claims}
 
     def _find_user(self, assertion: Mapping[str, Any]) -> str:
         """The login hint of the user an assertion names. SAP's documentation of the grant
@@ -595,6 +605,18 @@ class Tenant:
         if form.get("client_id", self.xsuaa_client_id) != self.xsuaa_client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
 
+    def _local_scopes(self, ias: Mapping[str, Any]) -> list[str]:
+        """The user's scopes without the xsappname: the ``scopes`` in ``users`` of the user
+        the IAS token names (found as the jwt-bearer grant finds users), else ``Read``.
+        XSUAA grants scopes through role collections assigned to the user; the emulator
+        takes them as configured. A user it does not know gets the default, as XSUAA
+        makes a shadow user for a user of a trusted IAS on first sight."""
+        try:
+            configured = self.users[self._find_user(ias)].get(XSUAA_SCOPES)
+        except _OAuthError:
+            configured = None
+        return ["Read"] if configured is None else list(configured)
+
     def _xsuaa_token(self, request: Request, params: Params) -> Response:
         """XSUAA's jwt-bearer grant: an IAS token whose ``aud`` holds the XSUAA client id
         in, an XSUAA access token out."""
@@ -618,7 +640,7 @@ class Tenant:
         now = int(self.clock())
         zid = zone or self.app_tid  # the token is issued in the zone the client named
         user = str(ias.get("user_uuid") or ias.get("sub"))
-        scope = ["openid", f"{self.xsappname}.Read"]
+        scope = ["openid", *(f"{self.xsappname}.{name}" for name in self._local_scopes(ias))]
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
             "ext_attr": {"enhancer": "XSUAA", "subaccountid": zid, "zdn": "emulator"},

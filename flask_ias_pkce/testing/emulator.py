@@ -50,7 +50,13 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
         "family_name": "Example",
         "groups": ["Employees", "Admins"],
         "user_uuid": "6f1a3c1e-2b4d-4e8f-9a0b-1c2d3e4f5a6b",
-    }
+    },
+    "bob@example.com": {
+        "given_name": "Bob",
+        "family_name": "Example",
+        "groups": ["Employees"],
+        "user_uuid": "0b9d7c2a-5e3f-4a1b-8c6d-2e4f6a8b0c1d",
+    },
 }
 #: Stands in for secrets in the call record, which ends up in assertion messages.
 _REDACTED = "<redacted>"
@@ -142,6 +148,12 @@ class IASEmulator:
     signed in at once. ``allowed_origins`` (and :meth:`allow_origin`) are the origins whose
     browser apps may call the token endpoint across origins (CORS). ``port`` fixes the
     HTTPS port (default: a free one).
+    A user's ``"scopes"`` (local names, such as ``["Read", "Admin"]``) is not a claim: it is
+    what the emulated XSUAA grants that user, each prefixed with the ``xsappname`` as XSUAA
+    writes scopes, after ``openid``; a user without it gets ``openid`` and
+    ``<xsappname>.Read``. Real XSUAA grants scopes through role collections assigned to the
+    user; the emulator takes them as given. The default users are Alice (groups
+    ``Employees`` and ``Admins``) and Bob (group ``Employees``).
 
     ``extra_applications`` are client ids of further IAS applications of the tenant (each
     a public client of its own, as a second ``identity`` instance is, with its own
