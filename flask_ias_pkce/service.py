@@ -198,9 +198,10 @@ def same_user(public: Mapping[str, Any], exchanged: Mapping[str, Any]) -> bool:
 def _same_tenant(
     public: Mapping[str, Any], exchanged: Mapping[str, Any], *, sent: str | None
 ) -> bool:
-    """Whether the exchanged token is for the tenant of the public one: its ``app_tid``,
-    or, when the public token names none, the one the exchange ``sent`` (the binding's)."""
+    """Whether the exchanged token names no other tenant than the public one: its
+    ``app_tid``, or, when the public token names none, the one the exchange ``sent``."""
     tenant = exchanged.get("app_tid")
-    if isinstance(public.get("app_tid"), str):
-        return bool(tenant == public["app_tid"])
-    return sent is None or tenant in (None, sent)
+    expected = public.get("app_tid")
+    if not isinstance(expected, str):
+        expected = sent
+    return tenant is None or expected is None or tenant == expected

@@ -402,7 +402,7 @@ def test_a_malformed_allow_list_is_refused_at_start(tenants: IASEmulator, value:
         # Another tenant of the same IAS tenant: its keys verify, its app_tid does not.
         (None, None, HOSTED, "exchanged_tenant"),
         (None, HOSTED, None, "exchanged_tenant"),
-        ("sub1", None, "", "exchanged_tenant"),
+        ("sub1", None, HOSTED, "exchanged_jwks_400"),
         # Another subscriber's tenant: IAS refuses sub1's keys for it.
         ("sub1", None, "sub2", "exchanged_jwks_400"),
     ],
