@@ -239,8 +239,8 @@ class IASPKCE:
         self,
         blueprint: Blueprint,
         *,
-        groups: Iterable[str] = (),
-        scopes: Iterable[str] = (),
+        groups: str | Iterable[str] = (),
+        scopes: str | Iterable[str] = (),
         all: bool = False,
     ) -> Blueprint:
         """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT =
@@ -256,9 +256,9 @@ class IASPKCE:
         """
         if not isinstance(blueprint, Blueprint):
             raise TypeError("protect() takes a Blueprint; use @required for a view")
-        # A lone string is refused by Requirement.of, not split into letters.
+        # One name may come as a string: it is that name, never its letters.
         listed = [
-            (kind, names if isinstance(names, str) else tuple(names))
+            (kind, (names,) if isinstance(names, str) else tuple(names))
             for kind, names in ((GROUP, groups), (SCOPE, scopes))
         ]
         rules = tuple(Requirement.of(kind, names, all) for kind, names in listed if names)
