@@ -832,12 +832,22 @@ def _exchanged_token_of_another_tenant_is_502(
     assert timed_get(app, client, token).status_code == 200
 
 
-def test_discovery_document_of_another_issuer_is_502(ias_emulator: IASEmulator) -> None:
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://evil.localhost",
+        "https://localhost:99999",  # no port at all
+        "https://localhost/tenant",
+        ["https://localhost"],
+    ],
+)
+def test_discovery_document_of_another_issuer_is_502(
+    ias_emulator: IASEmulator, issuer: Any
+) -> None:
     # OpenID Connect Discovery 4.3: the issuer in the document is the one asked for.
     app = build_app(ias_emulator)
     ias_emulator.inject(
-        DISCOVERY_PATH,
-        body={"issuer": "https://evil.localhost", "jwks_uri": ias_emulator.issuer + JWKS_PATH},
+        DISCOVERY_PATH, body={"issuer": issuer, "jwks_uri": ias_emulator.issuer + JWKS_PATH}
     )
 
     answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
@@ -862,7 +872,9 @@ def test_rsa_key_under_2048_bits_in_the_jwks_verifies_nothing(ias_emulator: IASE
     weak, weak_jwk = rsa_jwk("weak", 1024)
     ias_emulator.inject(JWKS_PATH, body={"keys": [*ias_emulator.jwks["keys"], weak_jwk]}, times=5)
     app = build_app(ias_emulator)
-    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token())
+    # A passthrough token: nothing but our own check stands between it and the view.
+    passthrough = [ias_emulator.public_client_id, ias_emulator.xsuaa_client_id]
+    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token(aud=passthrough))
     pem = weak.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
