@@ -1,14 +1,16 @@
 """A network with a round-trip time, on loopback only: the IAS emulator as if it were far.
 
 Real IAS is 10 to 100 ms away; on loopback every exchange is nearly free of network time,
-which hides what a new connection per exchange costs. The preferred way to add the delay
-is the kernel's: a network namespace of the benchmark's own whose loopback has a
-``tc netem`` delay. That needs root and the ``sch_netem`` qdisc; :func:`netem_refusal`
-says why it cannot be used here, and then (as on this project's CI machines, whose kernel
-has no netem) a delaying TCP proxy in front of the emulator stands in for it:
-:class:`DelayProxy` delays every byte by half the round-trip time in each direction, and
-holds the first bytes of a connection for one more round trip, as the TCP handshake
-would (``connect`` through the proxy returns at once). Only loopback addresses are used.
+which hides what a new connection per exchange costs. :class:`DelayProxy` puts that time
+back: a TCP proxy on loopback in front of the emulator that delays every byte by half the
+round-trip time in each direction, and holds the first bytes of a connection for one more
+round trip, as the TCP handshake would (``connect`` through the proxy returns at once).
+Only IAS is far: Redis and the app's clients stay on plain loopback.
+
+The kernel's way would be a network namespace of the benchmark's own whose loopback has a
+``tc netem`` delay (root and the ``sch_netem`` qdisc needed). :func:`netem_refusal` probes
+for it and the report names the result; the machines this project runs on have no netem
+in their kernel, so the section runs on the proxy there, and a netem variant is not built.
 """
 
 from __future__ import annotations

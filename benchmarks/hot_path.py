@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import importlib
 import os
+import pstats
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +60,7 @@ SAP_MISSING = "sap-xssec not installed: pip install -r benchmarks/requirements.t
 
 BARE = "bare route (baseline)"
 OURS = "protected, in-process cache"
+OURS_GROUPS = "protected + require_groups, in-process cache"
 OURS_REDIS_L1 = "protected, Redis + in-process tier"
 OURS_REDIS_ONLY = "protected, Redis only (wall clock)"
 NAIVE_JOSE = "naive middleware: python-jose verify on every request"
@@ -87,15 +90,17 @@ def ias_config(ias: IASEmulator, **more: Any) -> dict[str, Any]:
     }
 
 
-def protected_app(ias: IASEmulator, **config: Any) -> Flask:
-    """``/api/me`` protected by flask-ias-pkce; its view reads the token's claims."""
+def protected_app(ias: IASEmulator, *, groups: tuple[str, ...] = (), **config: Any) -> Flask:
+    """``/api/me`` protected by flask-ias-pkce (and ``require_groups(*groups)`` when
+    given); its view reads the token's claims."""
     app = Flask("protected")
     app.config.update(ias_config(ias, **config))
-    IASPKCE(app)
+    ias_pkce = IASPKCE(app)
 
-    @app.get("/api/me")
     def me() -> str:
         return str(current_token.claims.get("sub"))
+
+    app.get("/api/me")(ias_pkce.require_groups(*groups)(me) if groups else me)
 
     return app
 
@@ -279,6 +284,8 @@ def variants(ias: IASEmulator, redis: RedisServer) -> Iterator[dict[str, Callabl
     runs = {
         BARE: request_of(bare_app(), token),
         OURS: request_of(protected_app(ias), token),
+        # The emulator's first user is in "Admins": the check passes on every request.
+        OURS_GROUPS: request_of(protected_app(ias, groups=("Auditors", "Admins")), token),
         OURS_REDIS_L1: request_of(protected_app(ias, **shared), token),
         OURS_REDIS_ONLY: request_of(protected_app(ias, **shared, IAS_PKCE_L1_SIZE=0), token),
         NAIVE_JOSE: request_of(python_jose_app(ias), token),
@@ -305,6 +312,37 @@ def measure(rounds: int, calls: int) -> list[tuple[str, float, float]]:
             seconds, base = cost.cpu, costs[BARE].cpu
         results.append((name, seconds * 1e6, seconds / base))
     return results
+
+
+def calls_per_request(run: Callable[[], None], requests: int = 200) -> float:
+    """Python function calls one request of ``run`` makes (cProfile's count): unlike a
+    time, this does not depend on how busy the machine is."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(requests):
+        run()
+    profile.disable()
+    return float(pstats.Stats(profile).total_calls) / requests
+
+
+def call_count_figures() -> list[Figure]:
+    """Function calls a cache hit adds to the bare route, and the three-read JSON view to
+    its twin."""
+    with IASEmulator() as ias:
+        token = ias.issue_public_token()
+        runs = {
+            BARE: request_of(bare_app(), token),
+            OURS: request_of(protected_app(ias), token),
+            **json_view_runs(ias, token),
+        }
+        counts = {name: calls_per_request(run) for name, run in runs.items()}
+    return [
+        Figure(
+            SECTION,
+            "function calls added per request (cProfile): cache hit; JSON view vs twin",
+            f"{counts[OURS] - counts[BARE]:.0f}; {counts[JSON_OURS] - counts[JSON_TWIN]:.0f}",
+        )
+    ]
 
 
 def _sizes(quick: bool) -> tuple[int, int]:
@@ -350,7 +388,15 @@ def figures(
         )
         for name, value in added.items()
     ]
+    lines.append(
+        Figure(
+            SECTION,
+            "added µs/request by require_groups (vs protected)",
+            f"{micros[OURS_GROUPS] - micros[OURS]:.1f}",
+        )
+    )
     lines += json_view_figures(micros)
+    lines += call_count_figures()
     ours = added[OURS]
     jose_times = added[NAIVE_JOSE] / ours if ours > 0 else None
     lines.append(

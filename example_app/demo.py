@@ -320,6 +320,17 @@ def _run_client(
             "GET /api/xsuaa-me (second hop)", 200, lambda: get("/api/xsuaa-me", token), xsuaa
         )
 
+    def admin(body: dict[str, Any]) -> tuple[str, bool]:
+        return f"{body.get('email')}, groups {body.get('groups')}", "Admins" in body["groups"]
+
+    record.step(
+        f"GET /api/admin as {public_claims.get('email')}",
+        200,
+        lambda: get("/api/admin", token),
+        admin,
+    )
+    _refused_admin(emulator, get, record)
+
     forged = tampered(token, email="mallory@example.com")
     record.step(
         "GET /api/me, tampered token",
@@ -349,6 +360,29 @@ def _run_client(
         lambda body: (f"status {body.get('status')}", body.get("status") == "ok"),
     )
     return token
+
+
+def _refused_admin(
+    emulator: IASEmulator, get: Callable[[str, str | None], requests.Response], record: _Recorder
+) -> None:
+    """A second user, signed in the same way but not in the group ``Admins``: refused."""
+    bob = "bob@example.com"
+    try:
+        tokens = pkce_login(
+            emulator.url, emulator.public_client_id, verify=emulator.ca_file, login_hint=bob
+        )
+    except SignInError as error:
+        record._record(f"sign in as {bob}", 200, None, str(error), 0, False)
+        return
+    record.step(
+        f"GET /api/admin as {bob}",
+        403,
+        lambda: get("/api/admin", tokens["id_token"]),
+        lambda body: (
+            f"refused: {body.get('error')}, not in group Admins",
+            body.get("error") == "insufficient_scope",
+        ),
+    )
 
 
 def _claims(token: str) -> dict[str, Any]:

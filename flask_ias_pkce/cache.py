@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flask_caching.backends.base import BaseCache
 
+from .authorization import claim_groups, claim_scopes
 from .sealing import Sealer
 from .verify import unverified_claims
 
@@ -51,6 +52,17 @@ class Entry:
         """The claims of :attr:`token`, decoded once per entry (it was verified before it
         was stored) and read-only, since every request that hits this entry shares them."""
         return MappingProxyType(unverified_claims(self.token))
+
+    @cached_property
+    def groups(self) -> frozenset[str]:
+        """The ``groups`` claim as a set, made once per entry (the authorization check of
+        every request that hits this entry reads it)."""
+        return claim_groups(self.claims)
+
+    @cached_property
+    def scopes(self) -> frozenset[str]:
+        """The ``scope`` claim as a set (of an XSUAA token's entry), made once per entry."""
+        return claim_scopes(self.claims)
 
     def to_bytes(self) -> bytes:
         return json.dumps(

@@ -13,6 +13,7 @@ from .verify import unverified_claims
 
 if TYPE_CHECKING:
     from .cache import Entry
+    from .xsuaa import XsuaaHop
 
 
 class TokenContext:
@@ -28,8 +29,10 @@ class TokenContext:
     """
 
     __slots__ = (
+        "_entry",
         "_public_token",
         "_xsuaa",
+        "_xsuaa_entry",
         "claims",
         "from_cache",
         "passthrough",
@@ -42,8 +45,9 @@ class TokenContext:
         *,
         public_token: str,
         from_cache: bool,
-        xsuaa: Callable[[TokenContext], str] | None = None,
+        xsuaa: XsuaaHop | None = None,
     ) -> None:
+        self._entry = entry
         self.token = entry.token
         # An attribute, not a property: views read it several times per request. The
         # entry decodes its claims once, for every request it serves.
@@ -52,6 +56,7 @@ class TokenContext:
         self._public_token = public_token
         self.from_cache = from_cache
         self._xsuaa = xsuaa
+        self._xsuaa_entry: Entry | None = None
 
     @property
     def public_claims(self) -> dict[str, Any]:
@@ -63,11 +68,48 @@ class TokenContext:
         """When :attr:`token` expires (``exp``, seconds since the epoch)."""
         return float(self.claims["exp"])
 
+    @property
+    def groups(self) -> frozenset[str]:
+        """The ``groups`` claim of :attr:`token`: IAS sends one group as a string and
+        several as a list of strings; any other value counts as no groups."""
+        return self._entry.groups
+
+    def has_group(self, name: str) -> bool:
+        """Whether the user is in the IAS group ``name`` (:attr:`groups`)."""
+        return name in self._entry.groups
+
+    def has_scope(self, name: str) -> bool:
+        """Whether the XSUAA token of the second hop holds the local scope ``name``,
+        written without the ``<xsappname>.`` prefix (as ``checkLocalScope`` of SAP's
+        libraries takes it). Obtains the XSUAA token on first use, cached like
+        :meth:`xsuaa_token`.
+
+        :raises RuntimeError: no XSUAA binding, or one without ``xsappname``.
+        """
+        prefix = self._second_hop().scope_prefix
+        if prefix is None:
+            raise RuntimeError("The xsuaa binding names no xsappname: scopes cannot be compared")
+        return prefix + name in self.xsuaa_scopes()
+
+    def xsuaa_scopes(self) -> frozenset[str]:
+        """The scopes of the XSUAA token as XSUAA writes them (``<xsappname>.Read``,
+        ``openid``, ...); obtains the token on first use, cached like :meth:`xsuaa_token`."""
+        return self._xsuaa_cache_entry().scopes
+
     def xsuaa_token(self) -> str:
         """Exchange :attr:`token` for an XSUAA token (the optional second hop; cached)."""
+        return self._xsuaa_cache_entry().token
+
+    def _second_hop(self) -> XsuaaHop:
         if self._xsuaa is None:
             raise RuntimeError("No XSUAA binding is configured for the second hop")
-        return self._xsuaa(self)
+        return self._xsuaa
+
+    def _xsuaa_cache_entry(self) -> Entry:
+        # Once per request: later calls of the same request need no cache lookup.
+        if self._xsuaa_entry is None:
+            self._xsuaa_entry = self._second_hop().entry(self)
+        return self._xsuaa_entry
 
     def __repr__(self) -> str:
         subject = self.claims.get("sub")

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -325,7 +325,8 @@ class CredentialReloader:
     """Reads the bindings again and swaps in the credentials that are whole and valid.
 
     :param read_bindings: reads the bindings from where they were found.
-    :param identity: the IAS binding's credentials in use.
+    :param identities: the credentials in use of each IAS binding (matched to the bindings
+        read again by where they were found).
     :param xsuaa: the XSUAA binding's, when the second hop uses them.
     :param clock: seconds since the epoch.
     :param announce: called with credentials whose certificate expires within
@@ -335,7 +336,7 @@ class CredentialReloader:
     def __init__(
         self,
         read_bindings: Callable[[], Bindings],
-        identity: Credentials,
+        identities: Sequence[Credentials],
         xsuaa: Credentials | None,
         *,
         clock: Callable[[], float],
@@ -343,7 +344,7 @@ class CredentialReloader:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read_bindings = read_bindings
-        self._identity = identity
+        self._identities = tuple(identities)
         self._xsuaa = xsuaa
         self._clock = clock
         self._announce = announce
@@ -353,7 +354,7 @@ class CredentialReloader:
 
     def check_expiry(self) -> None:
         """Warn (and announce) for every set of credentials that expires soon."""
-        for credentials in (self._identity, self._xsuaa):
+        for credentials in (*self._identities, self._xsuaa):
             if credentials is not None:
                 self._check(credentials)
 
@@ -371,7 +372,12 @@ class CredentialReloader:
             self._last_read = self._monotonic()
             try:
                 bindings = self._read_bindings()
-                fresh = [(self._identity, identity_credentials(bindings.identity))]
+                by_source = {identity.source: identity for identity in bindings.identities}
+                fresh = [
+                    (current, identity_credentials(by_source[current.name]))
+                    for current in self._identities
+                    if current.name in by_source
+                ]
                 if self._xsuaa is not None and bindings.xsuaa is not None:
                     fresh.append((self._xsuaa, xsuaa_credentials(bindings.xsuaa)))
             except BindingError as error:

@@ -19,6 +19,7 @@ __all__ = [
     "IASRefused",
     "IASTimeout",
     "IASUnavailable",
+    "InsufficientScope",
     "InvalidRequest",
     "InvalidToken",
     "MissingToken",
@@ -104,6 +105,40 @@ class InvalidToken(IASPKCEError):
 
     code = 401
     error = "invalid_token"
+
+
+class InsufficientScope(IASPKCEError):
+    """403 ``insufficient_scope``: the token is valid, but does not hold the group or the
+    scope the view needs (RFC 6750 section 3.1). The challenge names what was needed in
+    its ``scope`` attribute, space-separated.
+
+    :ivar needed: the names the failed rule asked for (groups, or XSUAA scopes with their
+        ``<xsappname>.`` prefix).
+    """
+
+    code = 403
+    error = "insufficient_scope"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        reason: str,
+        needed: tuple[str, ...] = (),
+        realm: str = "api",
+    ) -> None:
+        super().__init__(description, reason=reason, realm=realm)
+        self.needed = needed
+
+    def challenge(self) -> str:
+        params = [
+            f"realm={_quoted(self.realm)}",
+            f"error={_quoted(self.error)}",
+            f"error_description={_quoted(self.description or '')}",
+        ]
+        if self.needed:
+            params.append(f"scope={_quoted(' '.join(self.needed))}")
+        return "Bearer " + ", ".join(params)
 
 
 class IASRefused(IASPKCEError):

@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
@@ -26,8 +26,9 @@ from flask_caching.backends.simplecache import SimpleCache
 from werkzeug.utils import ImportStringError, import_string
 
 from . import http, signals
+from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
-from .bindings import Bindings, load_bindings
+from .bindings import Bindings, IdentityBinding, load_bindings
 from .cache import TokenCache
 from .config import (
     ConfigError,
@@ -53,11 +54,11 @@ from .credentials import (
     Credentials,
     identity_credentials,
 )
-from .errors import IASPKCEError, MissingToken
+from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
-from .service import Authenticator
-from .verify import JWKSCache, TokenVerifier
+from .service import Authenticator, Route
+from .verify import JWKSCache, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -99,7 +100,7 @@ _CACHE_DEFAULTS: Final = {
 }
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per app
 class _State:
     """What ``app.extensions["ias_pkce"]`` holds for one app."""
 
@@ -110,6 +111,11 @@ class _State:
     reloader: CredentialReloader | None = None
     watcher: BindingWatcher | None = None
     modes: dict[str, str] = field(default_factory=dict)
+    #: The second hop, when the xsuaa binding allows it (scope rules need it).
+    xsuaa: XsuaaHop | None = None
+    #: Per endpoint, the authorization rules resolved at its first request (with scope
+    #: names qualified by the xsappname); emptied whenever a rule is added.
+    rules: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
 
 
 class IASPKCE:
@@ -130,6 +136,11 @@ class IASPKCE:
         self._clock = clock
         self._view_marks: dict[Callable[..., Any], str] = {}
         self._blueprint_marks: dict[object, str] = {}
+        self._view_rules: dict[Callable[..., Any], tuple[Requirement, ...]] = {}
+        self._blueprint_rules: dict[object, tuple[Requirement, ...]] = {}
+        # The states of the apps initialised so far, so that a rule added later is checked
+        # against them at once and reaches their per-endpoint caches. Weak: the app owns them.
+        self._states: weakref.WeakSet[_State] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -143,7 +154,12 @@ class IASPKCE:
             tokens in; by default the extension makes its own from ``IAS_PKCE_CACHE_*``.
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
+        :raises RuntimeError: flask-ias-pkce is already initialised on ``app``.
         """
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                "flask-ias-pkce is already initialised on this app: call init_app once per app"
+            )
         _warn_unknown_keys(app.config)
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
@@ -163,37 +179,19 @@ class IASPKCE:
             retries=settings.retries,
             correlation_id=correlation_id,
         )
-        exchanger = ExchangeClient(
-            bindings.identity,
-            policy=policy,
-            use_token=settings.use_token,
-            resources=settings.resources,
-            clock=self._clock,
-            credentials=identity_credentials(bindings.identity),
-        )
-        keys = JWKSCache(
-            exchanger.session,
-            policy=policy,
-            client_id=bindings.identity.client_id,
-            clock=self._clock,
-        )
-        verifier = TokenVerifier(
-            keys,
-            domains=bindings.identity.domains,
-            leeway=settings.leeway,
-            clock=self._clock,
-            # An issuer may name no port, 443, or the binding URL's own port; no other.
-            ports=(None, 443, urlsplit(bindings.identity.url).port),
-        )
+        routes = [
+            _route(identity, settings, policy, self._clock) for identity in bindings.identities
+        ]
         backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
         token_cache = TokenCache(
             backend,
             _sealer(app, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
-            # A miss may take discovery, JWKS, the token endpoint's discovery and the
-            # exchange, each up to the worst case.
-            wait_timeout=4 * policy.worst_case_seconds(),
+            # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
+            # exchanged token's tenant and client, the token endpoint's discovery and the
+            # exchange: each up to the worst case.
+            wait_timeout=6 * policy.worst_case_seconds(),
             scope=settings.cache_scope(),
         )
         xsuaa_hop = (
@@ -204,33 +202,38 @@ class IASPKCE:
                 leeway=settings.leeway,
                 min_remaining=settings.min_remaining,
                 clock=self._clock,
-                app_tid=bindings.identity.app_tid,
+                # The x-zid for a token without app_tid: its binding's, when all agree.
+                app_tid=_common_app_tid(bindings),
             )
             if bindings.xsuaa is not None and hop_possible(bindings.xsuaa)
             else None
         )
         authenticator = Authenticator(
             settings,
-            verifier=verifier,
-            exchanger=exchanger,
+            routes=routes,
             cache=token_cache,
             clock=self._clock,
             xsuaa=xsuaa_hop,
         )
-        state = _State(settings, authenticator, keys, policy)
+        state = _State(settings, authenticator, routes[0].keys, policy, xsuaa=xsuaa_hop)
+        _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
-        self._watch_credentials(app, state, exchanger, xsuaa_hop)
+        self._states.add(state)
+        self._watch_credentials(app, state, routes, xsuaa_hop)
         app.before_request(self._hook(state))
         logger.info(
-            "flask-ias-pkce ready: binding from %s, %s, cache %s, XSUAA hop %s",
-            bindings.identity.source,
-            "mTLS" if bindings.identity.uses_certificate else "client secret",
+            "flask-ias-pkce ready: binding%s from %s, cache %s, XSUAA hop %s",
+            "s" if len(routes) > 1 else "",
+            "; ".join(
+                f"{identity.source} ({'mTLS' if identity.uses_certificate else 'client secret'})"
+                for identity in bindings.identities
+            ),
             type(backend).__name__,
             "off" if xsuaa_hop is None else "mTLS" if xsuaa_hop.uses_certificate else "secret",
         )
 
     def _watch_credentials(
-        self, app: Flask, state: _State, exchanger: ExchangeClient, xsuaa_hop: XsuaaHop | None
+        self, app: Flask, state: _State, routes: Sequence[Route], xsuaa_hop: XsuaaHop | None
     ) -> None:
         # The app only by weak reference: neither the reloader nor the watcher thread may
         # keep an app alive (Flask's extension rules).
@@ -249,12 +252,13 @@ class IASPKCE:
 
         reloader = CredentialReloader(
             lambda: load_bindings(config, os.environ),
-            exchanger.credentials,
+            [route.exchanger.credentials for route in routes],
             xsuaa_hop.credentials if xsuaa_hop is not None else None,
             clock=self._clock,
             announce=announce,
         )
-        exchanger.reread = reloader.reread
+        for route in routes:
+            route.exchanger.reread = reloader.reread
         if xsuaa_hop is not None:
             xsuaa_hop.reread = reloader.reread
         state.reloader = reloader
@@ -302,12 +306,97 @@ class IASPKCE:
         self._mark(view_or_blueprint, SKIP)
         return view_or_blueprint
 
-    def protect(self, blueprint: Blueprint) -> Blueprint:
-        """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT = "marked"``)."""
+    def protect(
+        self,
+        blueprint: Blueprint,
+        *,
+        groups: str | Iterable[str] = (),
+        scopes: str | Iterable[str] = (),
+        all: bool = False,
+    ) -> Blueprint:
+        """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT =
+        "marked"``), and, when given, one of ``groups`` and one of ``scopes`` (all of
+        them with ``all=True``), as :meth:`require_groups` and :meth:`require_scopes` do.
+
+        The innermost marked blueprint decides: a nested blueprint's own ``protect`` or
+        ``exempt`` replaces its parent's rules. A view's own rules add to its blueprint's;
+        both must hold.
+
+        :raises ~flask_ias_pkce.config.ConfigError: ``scopes`` without a usable xsuaa
+            binding (also raised by a later ``init_app``).
+        """
         if not isinstance(blueprint, Blueprint):
             raise TypeError("protect() takes a Blueprint; use @required for a view")
+        # One name may come as a string: it is that name, never its letters.
+        listed = [
+            (kind, (names,) if isinstance(names, str) else tuple(names))
+            for kind, names in ((GROUP, groups), (SCOPE, scopes))
+        ]
+        rules = tuple(Requirement.of(kind, names, all) for kind, names in listed if names)
+        self._check_new_rules(rules)
         self._mark(blueprint, REQUIRED)
+        self._blueprint_rules[blueprint] = rules
+        self._rules_changed()
         return blueprint
+
+    def require_groups(self, *groups: str, all: bool = False) -> Callable[[F], F]:
+        """Decorator: the view needs a token whose ``groups`` claim (of the exchanged IAS
+        token) holds one of ``groups``, or all of them with ``all=True``; else 403
+        ``insufficient_scope``. IAS sends one group as a string and several as a list;
+        any other value counts as no groups. The check reads the cached claims: a cache
+        hit costs no call to IAS.
+
+        The view needs a token whatever the mode; rules of its blueprint hold as well.
+
+        :raises ~flask_ias_pkce.config.ConfigError: the view is ``exempt`` or ``optional``.
+        """
+        return self._view_rule(Requirement.of(GROUP, groups, all))
+
+    def require_scopes(self, *scopes: str, all: bool = False) -> Callable[[F], F]:
+        """Decorator: the view needs a token whose XSUAA token (the second hop) holds one
+        of ``scopes``, or all of them with ``all=True``; else 403 ``insufficient_scope``.
+
+        Write local scopes, without the ``<xsappname>.`` prefix (``"Read"``, as SAP's
+        ``checkLocalScope`` takes them); they are compared with the prefix of the xsuaa
+        binding's ``xsappname``. The XSUAA token is obtained once per IAS token and cached.
+
+        :raises ~flask_ias_pkce.config.ConfigError: the view is ``exempt`` or ``optional``,
+            or an app of this extension has no usable xsuaa binding (with ``xsappname``);
+            if ``init_app`` comes later, it raises instead.
+        """
+        return self._view_rule(Requirement.of(SCOPE, scopes, all))
+
+    def _view_rule(self, rule: Requirement) -> Callable[[F], F]:
+        self._check_new_rules((rule,))
+
+        def mark(view: F) -> F:
+            if not callable(view) or isinstance(view, Blueprint):
+                raise TypeError("require_groups() and require_scopes() decorate a view function")
+            mode = self._view_marks.get(view)
+            if mode in (SKIP, OPTIONAL):
+                raise ConfigError(_contradiction(view, mode))
+            self._view_marks[view] = REQUIRED
+            self._view_rules[view] = (*self._view_rules.get(view, ()), rule)
+            self._rules_changed()
+            return view
+
+        return mark
+
+    def _rules(self) -> Iterable[Requirement]:
+        for rules in (*self._view_rules.values(), *self._blueprint_rules.values()):
+            yield from rules
+
+    def _check_new_rules(self, rules: tuple[Requirement, ...]) -> None:
+        for state in self._states:
+            _check_scopes_possible(state, rules)
+
+    def _rules_changed(self) -> None:
+        # Rules resolve per endpoint once; a rule added after the first requests must
+        # still take effect, so every app forgets what it resolved (and the modes, since
+        # a rule makes its view need a token).
+        for state in self._states:
+            state.rules.clear()
+            state.modes.clear()
 
     def required(self, view: F) -> F:
         """Decorator: this view needs a valid token, whatever the blueprint or mode says."""
@@ -323,10 +412,17 @@ class IASPKCE:
     def _mark(self, target: Any, mode: str) -> None:
         if isinstance(target, Blueprint):
             self._blueprint_marks[target] = mode
+            if self._blueprint_rules.pop(target, None):
+                self._rules_changed()
         elif callable(target):
+            if mode != REQUIRED and target in self._view_rules:
+                raise ConfigError(_contradiction(target, mode))
             self._view_marks[target] = mode
         else:
             raise TypeError("expected a view function or a Blueprint")
+        # A mark made after an endpoint's first request takes effect at its next one.
+        for state in list(self._states):
+            state.modes.clear()
 
     def _mode(self, state: _State, current: Request) -> str:
         endpoint = current.endpoint
@@ -351,6 +447,25 @@ class IASPKCE:
                 return mark
         return REQUIRED if state.settings.protect == "all" else SKIP
 
+    def _resolve_rules(self, state: _State, current: Request) -> tuple[Requirement, ...]:
+        """The endpoint's rules: its innermost marked blueprint's, then the view's own."""
+        app = _app()
+        inherited: tuple[Requirement, ...] = ()
+        for name in current.blueprints:
+            blueprint = app.blueprints.get(name)
+            if blueprint in self._blueprint_marks:
+                inherited = self._blueprint_rules.get(blueprint, ())
+                break
+        view = app.view_functions.get(current.endpoint)  # type: ignore[arg-type]
+        # Group rules first: a refusal for want of a group then costs no call to XSUAA.
+        rules = sorted(
+            (*inherited, *self._view_rules.get(view, ())),  # type: ignore[arg-type]
+            key=lambda rule: rule.kind != GROUP,
+        )
+        # Checked when each rule was added; the xsuaa hop is there when a scope rule is.
+        prefix = state.xsuaa.scope_prefix if state.xsuaa is not None else None
+        return tuple(rule.qualified(prefix or "") if rule.kind == SCOPE else rule for rule in rules)
+
     # -- the hook -----------------------------------------------------------------------
 
     def _hook(self, state: _State) -> Callable[[], None]:
@@ -373,10 +488,15 @@ class IASPKCE:
         mode = self._mode(state, current)
         if mode == SKIP:
             return
+        rules = state.rules.get(current.endpoint)
+        if rules is None:
+            rules = state.rules[current.endpoint] = self._resolve_rules(state, current)
         # What ``headers.get("Authorization")`` returns, without its key normalisation.
         authorization = current.environ.get("HTTP_AUTHORIZATION")
-        token_in_query = b"access_token=" in current.query_string
-        if mode == OPTIONAL and authorization is None and not token_in_query:
+        token_in_query = _token_in_query(current)
+        # An optional view under a blueprint with rules still needs a token: an anonymous
+        # caller holds no group and no scope.
+        if mode == OPTIONAL and not rules and authorization is None and not token_in_query:
             setattr(g, G_ATTRIBUTE, None)
             return
         started = time.perf_counter()
@@ -402,6 +522,16 @@ class IASPKCE:
                 passthrough=context.passthrough,
                 duration=time.perf_counter() - started,
             )
+        # Authentication first (a bad token is a 401 whatever the rules), then the rules.
+        if rules:
+            try:
+                _authorize(rules, context)
+            except IASPKCEError as error:
+                # The view does not run: nothing of the token stays in g.
+                delattr(resolve_g(), G_ATTRIBUTE)
+                error.realm = settings.realm
+                _report_refusal(error, time.perf_counter() - started)
+                raise
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -448,10 +578,19 @@ class _DownstreamAdapter(http.ClientCertificateAdapter):
         if not self._always and not _certificate_bound(current_token):
             return None
         state: _State = _app().extensions[EXTENSION_NAME]
-        identity = state.authenticator.exchanger.credentials.identity
+        identity = _route_of(state, current_token).exchanger.credentials.identity
         if identity is None:
             raise RuntimeError("ias.session(mtls=True): the IAS binding has no client certificate")
         return identity
+
+
+def _route_of(state: _State, token: Any) -> Route:
+    """The binding that obtained ``token``: the first whose client id is in its ``aud``
+    (as the request was routed), else the first binding."""
+    routes = state.authenticator.routes
+    audience = token.claims.get("aud") if token else None
+    held = {audience} if isinstance(audience, str) else set(audience or ())
+    return next((route for route in routes if route.binding.client_id in held), routes[0])
 
 
 def _certificate_bound(token: Any) -> bool:
@@ -460,6 +599,71 @@ def _certificate_bound(token: Any) -> bool:
         return False
     confirmation = token.claims.get("cnf")
     return isinstance(confirmation, Mapping) and isinstance(confirmation.get("x5t#S256"), str)
+
+
+def _route(
+    identity: IdentityBinding,
+    settings: Settings,
+    policy: http.HttpPolicy,
+    clock: Callable[[], float],
+) -> Route:
+    """What serves one IAS binding alone: its own session (client certificate), key sets,
+    verifier and accepted audiences."""
+    exchanger = ExchangeClient(
+        identity,
+        policy=policy,
+        use_token=settings.use_token,
+        resources=settings.resources,
+        clock=clock,
+        credentials=identity_credentials(identity),
+    )
+    url = urlsplit(identity.url)
+    # An issuer may name no port, 443, or the binding URL's own port; no other.
+    ports = (None, 443, url.port)
+    keys = JWKSCache(
+        exchanger.session,
+        policy=policy,
+        client_id=identity.client_id,
+        clock=clock,
+        home_issuer=_home_issuer(identity, ports),
+    )
+    verifier = TokenVerifier(
+        keys, domains=identity.domains, leeway=settings.leeway, clock=clock, ports=ports
+    )
+    # With one binding the accepted audiences are the settings'; with several, each
+    # binding's own client id (config refuses IAS_PKCE_ACCEPTED_AUDIENCES then).
+    audiences = (
+        settings.accepted_audiences
+        if len(settings.bindings.identities) == 1
+        else frozenset((identity.client_id,))
+    )
+    port = f":{url.port}" if url.port not in (None, 443) else ""
+    home_issuer = f"https://{(url.hostname or '').lower()}{port}"
+    return Route(identity, keys, verifier, exchanger, audiences, home_issuer)
+
+
+def _common_app_tid(bindings: Bindings) -> str | None:
+    tenants = {identity.app_tid for identity in bindings.identities}
+    return tenants.pop() if len(tenants) == 1 else None
+
+
+def _token_in_query(current: Request) -> bool:
+    """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
+    query = current.query_string
+    # Parsed only when it may hold one (the name itself, or a percent-encoded name).
+    if b"access_token" not in query and b"%" not in query:
+        return False
+    return "access_token" in current.args
+
+
+def _home_issuer(identity: IdentityBinding, ports: tuple[int | None, ...]) -> str | None:
+    """The origin of the binding's own tenant, whose keys are trusted to be real from the
+    start (None when the binding URL is outside its own domains)."""
+    try:
+        domains = [domain.lower() for domain in identity.domains]
+        return issuer_origin(identity.url, domains, ports)
+    except InvalidToken:
+        return None
 
 
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
@@ -521,6 +725,48 @@ def correlation_id() -> str:
             known = http.new_correlation_id()
         setattr(g, _CORRELATION_ATTRIBUTE, known)
     return known
+
+
+def _authorize(rules: tuple[Requirement, ...], context: TokenContext) -> None:
+    """Raise :class:`~flask_ias_pkce.InsufficientScope` for the first rule not met.
+
+    Groups come from the cached claims, scopes from the cached XSUAA token: a cache hit
+    costs no call to IAS or XSUAA.
+    """
+    for rule in rules:
+        held = context.groups if rule.kind == GROUP else context.xsuaa_scopes()
+        if not rule.met_by(held):
+            description = (
+                "The token lacks a group this resource needs"
+                if rule.kind == GROUP
+                else "The token lacks a scope this resource needs"
+            )
+            raise InsufficientScope(description, reason=rule.reason, needed=rule.challenge_names())
+
+
+def _check_scopes_possible(state: _State, rules: Iterable[Requirement]) -> None:
+    """Scope rules need the second hop and the xsappname: refuse them at registration."""
+    if not any(rule.kind == SCOPE for rule in rules):
+        return
+    if state.xsuaa is None:
+        raise ConfigError(
+            "require_scopes() and protect(scopes=...) need the XSUAA token of the second "
+            "hop, but there is no usable xsuaa binding (url and a secret or certificate)"
+        )
+    if state.xsuaa.scope_prefix is None:
+        raise ConfigError(
+            "require_scopes() and protect(scopes=...) compare scopes with the xsuaa "
+            "binding's xsappname, but the binding has none"
+        )
+
+
+def _contradiction(view: Callable[..., Any], mode: str | None) -> str:
+    name = getattr(view, "__qualname__", repr(view))
+    how = "exempt" if mode == SKIP else "optional"
+    return (
+        f"The view {name} is {how} and has a group or scope requirement: a requirement "
+        "needs a token, so remove one of the two"
+    )
 
 
 def _report_exchange(context: TokenContext, duration: float) -> None:

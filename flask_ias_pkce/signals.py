@@ -52,13 +52,15 @@ token_exchanged = _signals.signal("token-exchanged")
 #: :param duration: seconds spent on the request by the extension.
 cache_hit = _signals.signal("cache-hit")
 
-#: The request's credentials were refused (an answer of 400 or 401): no token, a
-#: malformed ``Authorization`` header, a token that failed a local check, or one IAS
-#: refused (``invalid_grant``, also when that refusal is remembered in the cache).
+#: The request's credentials were refused (an answer of 400, 401 or 403): no token, a
+#: malformed ``Authorization`` header, a token that failed a local check, one IAS
+#: refused (``invalid_grant``, also when that refusal is remembered in the cache), or a
+#: valid token without the group or scope the view needs (403 ``insufficient_scope``).
 #:
 #: :param sender: the Flask app.
 #: :param reason: the stable reason code (:attr:`~flask_ias_pkce.IASPKCEError.reason`),
-#:     such as ``missing_token``, ``expired``, ``signature`` or ``ias_invalid_grant``.
+#:     such as ``missing_token``, ``expired``, ``signature``, ``ias_invalid_grant``,
+#:     ``missing_group`` or ``missing_scope``.
 #: :param error: the RFC 6750 error code of the answer (``invalid_token``, ...).
 #: :param status: the HTTP status of the answer.
 #: :param duration: seconds spent on the request by the extension.

@@ -32,7 +32,6 @@ Both calls follow SAP's own libraries:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -145,6 +144,9 @@ class XsuaaHop:
         self.reread: Callable[[], object] | None = None
         self._key_sets: OrderedDict[str | None, KeySet] = OrderedDict()
         self._key_sets_lock = threading.Lock()
+        #: What XSUAA puts before an app's own (local) scopes: ``"<xsappname>."``, or
+        #: ``None`` when the binding names no ``xsappname``.
+        self.scope_prefix = f"{binding.xsappname}." if binding.xsappname else None
 
     def _identity(self) -> ClientIdentity | None:
         return self.credentials.identity
@@ -160,11 +162,16 @@ class XsuaaHop:
         :raises ~flask_ias_pkce.errors.IASUnavailable: XSUAA cannot be reached.
         :raises ~flask_ias_pkce.errors.IASTimeout: XSUAA did not answer in time.
         """
+        return self.entry(context).token
+
+    def entry(self, context: TokenContext) -> Entry:
+        """The cache entry of the XSUAA token for ``context.token`` (its token, and its
+        claims and scopes decoded once per entry); raises as :meth:`__call__` does."""
         key = self._cache.key(context.token, purpose=CACHE_PURPOSE)
         entry = self._cache.get(key)
         if entry is None:
             entry, _ = self._cache.get_or_compute(key, lambda: self._obtain(key, context))
-        return entry.token
+        return entry
 
     def _obtain(self, key: str, context: TokenContext) -> Entry:
         zone = context.claims.get("app_tid")
@@ -219,7 +226,7 @@ class XsuaaHop:
         """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
         try:
             header = jws.get_unverified_header(token)
-        except JOSEError:
+        except (JOSEError, RecursionError):  # RecursionError: hostile nesting
             raise _Refused("xsuaa_malformed_token") from None
         if header.get("alg") != ALGORITHM:
             raise _Refused("xsuaa_alg_not_allowed")
@@ -232,9 +239,10 @@ class XsuaaHop:
             raise _Refused("xsuaa_kid_unknown")
         try:
             payload = jws.verify(token, key, algorithms=[ALGORITHM])
-            claims = json.loads(payload)
-        except (JOSEError, ValueError):
+        except (JOSEError, RecursionError):
             raise _Refused("xsuaa_signature") from None
+        # Hostile nesting and NaN/Infinity are refused by the parser, as for IAS tokens.
+        claims = http.loads_json(payload)
         if not isinstance(claims, dict):
             raise _Refused("xsuaa_malformed_token")
         if not self._issuer_trusted(claims.get("iss")):
@@ -317,6 +325,6 @@ def _unverified_zone(token: str) -> str | None:
     it only names which zone's keys to fetch, as in SAP's libraries."""
     try:
         zone = jwt.get_unverified_claims(token).get("zid")
-    except (JOSEError, AttributeError):
+    except (JOSEError, AttributeError, RecursionError):  # RecursionError: hostile nesting
         return None
     return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None

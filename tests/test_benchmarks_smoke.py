@@ -39,6 +39,7 @@ def test_quick_run_reports_every_section() -> None:
     for figure in (
         "added cost, python-jose / ours",
         "JSON view reading current_token 3 times / unprotected twin",
+        "function calls added per request",
         "protected / bare throughput",
         "new connection / keep-alive latency",
         "wave exchanges",

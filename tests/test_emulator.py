@@ -783,6 +783,33 @@ def test_plugin_fixtures(ias_emulator: IASEmulator, public_token: str) -> None:
     assert claims["iss"] == ias_emulator.issuer
 
 
+def test_xsuaa_grants_each_user_the_configured_scopes() -> None:
+    users = {
+        "alice@example.com": {"scopes": ["Read", "Admin"]},
+        "bob@example.com": {"groups": ["Employees"]},
+    }
+    with IASEmulator(users=users) as emulator:
+        prefix = emulator.xsuaa_binding["xsappname"] + "."
+
+        def scopes(**claims: Any) -> list[str]:
+            assertion = emulator.issue_public_token(
+                aud=[emulator.client_id, emulator.xsuaa_client_id], **claims
+            )
+            answer = xsuaa_exchange(emulator, assertion=assertion)
+            assert answer.status_code == 200, answer.text
+            token_scopes: list[str] = jwt.get_unverified_claims(answer.json()["access_token"])[
+                "scope"
+            ]
+            assert answer.json()["scope"] == " ".join(token_scopes)
+            return token_scopes
+
+        assert scopes() == ["openid", prefix + "Read", prefix + "Admin"]
+        # Bob has no setting: today's default. A user the tenant does not know (XSUAA
+        # would make a shadow user) gets the default too.
+        assert scopes(sub="bob@example.com", email="bob@example.com") == ["openid", prefix + "Read"]
+        assert scopes(sub="nobody@example.com") == ["openid", prefix + "Read"]
+
+
 @pytest.mark.parametrize("credential_type", ["X509_GENERATED", "SECRET"])
 def test_app_config_binds_an_app_in_one_call(credential_type: str) -> None:
     from flask import Flask

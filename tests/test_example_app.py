@@ -65,11 +65,14 @@ def test_demo_in_process_on_werkzeug() -> None:
 
     assert result.ok, "\n".join(lines)
     assert result.session_exchanges == 1
-    assert result.ias_exchanges == 1
+    assert result.ias_exchanges == 2  # one per user: Alice's session and Bob's refused call
     assert result.xsuaa_exchanges == 1
     statuses = {step.name: step.status for step in result.steps}
     assert statuses["GET /api/me, tampered token"] == 401
     assert statuses["GET /health (public, no token)"] == 200
+    # One user in the group Admins is let in, one who is not is refused.
+    assert statuses["GET /api/admin as alice@example.com"] == 200
+    assert statuses["GET /api/admin as bob@example.com"] == 403
 
 
 def test_app_from_vcap_services(monkeypatch: pytest.MonkeyPatch, ias_emulator: IASEmulator) -> None:
@@ -86,6 +89,27 @@ def test_app_from_vcap_services(monkeypatch: pytest.MonkeyPatch, ias_emulator: I
     assert ias_emulator.xsuaa_client_id in first["aud"]
     assert client.get("/health").status_code == 200
     assert client.get("/api/orders", headers=bearer(token)).status_code == 503  # no downstream
+
+
+def test_admin_view_needs_the_group(
+    monkeypatch: pytest.MonkeyPatch, ias_emulator: IASEmulator
+) -> None:
+    monkeypatch.setenv("VCAP_SERVICES", json.dumps(ias_emulator.vcap_services()))
+    monkeypatch.setenv("IAS_PKCE_VERIFY", ias_emulator.ca_file)
+    monkeypatch.setenv("IAS_PKCE_ACCEPTED_AUDIENCES", json.dumps([ias_emulator.public_client_id]))
+    client = create_app().test_client()
+    admin = ias_emulator.issue_public_token()  # Alice: Employees and Admins
+    employee = ias_emulator.pkce_login(login_hint="bob@example.com")["id_token"]  # Employees
+
+    allowed = client.get("/api/admin", headers=bearer(admin))
+    refused = client.get("/api/admin", headers=bearer(employee))
+
+    assert allowed.status_code == 200
+    assert allowed.json["groups"] == ["Admins", "Employees"]
+    assert refused.status_code == 403
+    assert refused.json["error"] == "insufficient_scope"
+    assert 'scope="Admins"' in refused.headers["WWW-Authenticate"]
+    assert client.get("/api/admin").status_code == 401
 
 
 @pytest.fixture

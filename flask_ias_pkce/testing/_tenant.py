@@ -43,6 +43,8 @@ _CODE_LIFETIME = 60.0
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 #: Claims that describe a token rather than its user: an exchange makes new ones.
+#: The key of a user in ``users`` that lists the user's XSUAA scopes (local names).
+XSUAA_SCOPES = "scopes"
 _PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", "nonce", "cnf"})
 
 Params = dict[str, list[str]]
@@ -145,6 +147,7 @@ class Tenant:
         app_tid: str,
         extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
+        extra_clients: Mapping[str, str] | None = None,
         allowed_origins: Iterable[str] = (),
     ) -> None:
         self.issuer = ""  # known once the server has a port
@@ -164,6 +167,15 @@ class Tenant:
         self.app_tid = app_tid
         self.app_tids = frozenset((app_tid, *extra_app_tids))
         self.users = {hint: dict(claims) for hint, claims in users.items()}
+        #: Further applications of the tenant (client id: secret), each a public client of
+        #: its own that exchanges its own tokens, as a second ``identity`` instance is.
+        self.extra_clients = dict(extra_clients or {})
+        for hint, user in self.users.items():
+            scopes = user.get(XSUAA_SCOPES)
+            if scopes is not None and (
+                isinstance(scopes, str) or not all(isinstance(name, str) for name in scopes)
+            ):
+                raise ValueError(f"the {XSUAA_SCOPES!r} of user {hint!r} must be a list of strings")
         self._lock = threading.Lock()
         self._keys = [SigningKey.generate()]  # the JWKS; the last one signs
         self._retired: dict[str, SigningKey] = {}
@@ -240,7 +252,9 @@ class Tenant:
         """What a token says about the user ``hint``: ``sub`` (the subject name identifier:
         the ``user_uuid``, else the email), ``email`` and the user's own claims."""
         user = self.users[hint]
-        return {"sub": user.get("user_uuid", hint), "email": hint, **user}
+        # "scopes" is the user's setting for XSUAA, not a claim IAS sends.
+        claims = {name: value for name, value in user.items() if name != XSUAA_SCOPES}
+        return {"sub": user.get("user_uuid", hint), "email": hint, **claims}
 
     def _find_user(self, assertion: Mapping[str, Any]) -> str:
         """The login hint of the user an assertion names. SAP's documentation of the grant
@@ -325,7 +339,7 @@ class Tenant:
     @property
     def client_ids(self) -> frozenset[str]:
         """The applications of this tenant: the app's and, when separate, the public one."""
-        return frozenset((self.client_id, self.public_client_id))
+        return frozenset((self.client_id, self.public_client_id, *self.extra_clients))
 
     def _discovery(self, request: Request, params: Params) -> Response:
         return json_response(
@@ -447,24 +461,30 @@ class Tenant:
             "expires_in": self.token_lifetime,
         }
 
-    def _authenticate(self, request: Request, form: dict[str, str]) -> None:
+    def _authenticate(self, request: Request, form: dict[str, str]) -> str:
+        """Authenticate the application that calls; return its client id."""
+        secrets_by_client = {self.client_id: self.client_secret, **self.extra_clients}
         if self.credential_type == "SECRET":
             basic = basic_credentials(request.headers.get("authorization"))
             if basic is None and "client_secret" not in form:
                 raise _OAuthError("invalid_client", "client authentication is required", 401)
             client_id, secret = basic or (form.get("client_id", ""), form["client_secret"])
-            good_secret = hmac.compare_digest(secret.encode(), self.client_secret.encode())
-            if client_id != self.client_id or not good_secret:
+            expected = secrets_by_client.get(client_id, "")
+            good_secret = hmac.compare_digest(secret.encode(), expected.encode())
+            if not expected or not good_secret:
                 raise _OAuthError("invalid_client", "client authentication failed", 401)
         elif request.client_cn is None:
             raise _OAuthError("invalid_client", "a client certificate is required", 401)
-        elif request.client_cn != self.client_id:
+        elif request.client_cn not in secrets_by_client:
             raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
         elif _thumbprint(request.client_certificate) in self.refused_certificates:
             # A binding deleted (or rotated): IAS no longer knows its certificate.
             raise _OAuthError("invalid_client", "the certificate is no longer valid", 401)
-        if form.get("client_id", self.client_id) != self.client_id:
+        else:
+            client_id = request.client_cn
+        if form.get("client_id", client_id) != client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
+        return client_id
 
     def _verify_assertion(self, assertion: str) -> dict[str, Any]:
         with self._lock:
@@ -485,7 +505,7 @@ class Tenant:
 
     def _jwt_bearer_grant(self, request: Request, form: dict[str, str]) -> dict[str, Any]:
         # Client first: an unauthenticated caller learns nothing about its assertion.
-        self._authenticate(request, form)
+        requester = self._authenticate(request, form)
         if not form.get("assertion"):
             raise _OAuthError("invalid_request", "assertion is missing")
         access_format = form.get("token_format", "opaque")  # IAS's default for this grant
@@ -494,6 +514,8 @@ class Tenant:
         if form.get("app_tid", self.app_tid) not in self.app_tids:
             raise _OAuthError("invalid_request", "unknown app_tid")
         public = self._verify_assertion(form["assertion"])
+        # The new token is for the tenant the request names, else the assertion's.
+        tenant = form.get("app_tid", public.get("app_tid", self.app_tid))
         # The same documentation: "audience: must contain the client ID of the requested
         # application in aud". A public client registered as an application of its own
         # gets tokens with only its own id in aud (IAS adds no dependent application's id
@@ -501,11 +523,11 @@ class Tenant:
         # wording of IAS's error_description is unconfirmed; the emulator names both ids.
         audience = public.get("aud")
         audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.client_id not in audiences:
+        if not isinstance(audiences, list) or requester not in audiences:
             raise _OAuthError(
                 "invalid_grant",
                 f"assertion refused: its aud {audience!r} does not contain the client id "
-                f"{self.client_id!r} of the requesting application",
+                f"{requester!r} of the requesting application",
             )
         user = self._user_claims(self._find_user(public))
         now = int(self.clock())
@@ -515,8 +537,9 @@ class Tenant:
             # The new token speaks of the user as the tenant knows them, not as the
             # assertion put it.
             **user,
-            "aud": [self.client_id, self.xsuaa_client_id],
-            "azp": self.client_id,
+            "app_tid": tenant,
+            "aud": [requester, self.xsuaa_client_id],
+            "azp": requester,
             "iat": now,
             "exp": now + self.exchanged_token_lifetime,
             "jti": str(uuid.uuid4()),
@@ -599,6 +622,18 @@ class Tenant:
         if form.get("client_id", self.xsuaa_client_id) != self.xsuaa_client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
 
+    def _local_scopes(self, ias: Mapping[str, Any]) -> list[str]:
+        """The user's scopes without the xsappname: the ``scopes`` in ``users`` of the user
+        the IAS token names (found as the jwt-bearer grant finds users), else ``Read``.
+        XSUAA grants scopes through role collections assigned to the user; the emulator
+        takes them as configured. A user it does not know gets the default, as XSUAA
+        makes a shadow user for a user of a trusted IAS on first sight."""
+        try:
+            configured = self.users[self._find_user(ias)].get(XSUAA_SCOPES)
+        except _OAuthError:
+            configured = None
+        return ["Read"] if configured is None else list(configured)
+
     def _xsuaa_token(self, request: Request, params: Params) -> Response:
         """XSUAA's jwt-bearer grant: an IAS token whose ``aud`` holds the XSUAA client id
         in, an XSUAA access token out."""
@@ -622,7 +657,7 @@ class Tenant:
         now = int(self.clock())
         zid = zone or self.app_tid  # the token is issued in the zone the client named
         user = str(ias.get("user_uuid") or ias.get("sub"))
-        scope = ["openid", f"{self.xsappname}.Read"]
+        scope = ["openid", *(f"{self.xsappname}.{name}" for name in self._local_scopes(ias))]
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
             "ext_attr": {"enhancer": "XSUAA", "subaccountid": zid, "zdn": "emulator"},
