@@ -32,9 +32,8 @@ class Requirement:
 
     @classmethod
     def of(cls, kind: str, names: Iterable[object], every: bool) -> Requirement:
-        """Check what a user passed to ``require_groups``/``require_scopes``/``protect``."""
-        if isinstance(names, str):
-            raise TypeError(f"give {kind}s as separate strings or a list, not one string")
+        """Check what a user passed to ``require_groups``/``require_scopes``/``protect``
+        (``names`` a collection of names: a lone string is the caller's to wrap)."""
         listed = tuple(names)
         if not listed:
             raise ValueError(f"name at least one {kind}")

@@ -40,11 +40,11 @@ from .config import (
 )
 from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
 from .context import TokenContext, current_token, resolve_g
-from .errors import IASPKCEError, InsufficientScope, MissingToken
+from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
 from .service import Authenticator
-from .verify import JWKSCache, TokenVerifier
+from .verify import JWKSCache, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -138,7 +138,12 @@ class IASPKCE:
             tokens in; by default the extension makes its own from ``IAS_PKCE_CACHE_*``.
         :raises ~flask_ias_pkce.bindings.BindingError: no usable IAS binding was found.
         :raises ~flask_ias_pkce.config.ConfigError: a configuration value is wrong.
+        :raises RuntimeError: flask-ias-pkce is already initialised on ``app``.
         """
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                "flask-ias-pkce is already initialised on this app: call init_app once per app"
+            )
         _warn_unknown_keys(app.config)
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
@@ -156,19 +161,21 @@ class IASPKCE:
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )
         exchanger = ExchangeClient(bindings.identity, policy=policy, use_token=settings.use_token)
+        # An issuer may name no port, 443, or the binding URL's own port; no other.
+        ports = (None, 443, urlsplit(bindings.identity.url).port)
         keys = JWKSCache(
             exchanger.session,
             policy=policy,
             client_id=bindings.identity.client_id,
             clock=self._clock,
+            home_issuer=_home_issuer(bindings, ports),
         )
         verifier = TokenVerifier(
             keys,
             domains=bindings.identity.domains,
             leeway=settings.leeway,
             clock=self._clock,
-            # An issuer may name no port, 443, or the binding URL's own port; no other.
-            ports=(None, 443, urlsplit(bindings.identity.url).port),
+            ports=ports,
         )
         backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
         token_cache = TokenCache(
@@ -176,8 +183,9 @@ class IASPKCE:
             _sealer(app, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
-            # A miss may take discovery, JWKS and the exchange, each up to the worst case.
-            wait_timeout=3 * policy.worst_case_seconds(),
+            # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
+            # exchanged token's tenant and client, and the exchange: each up to the worst case.
+            wait_timeout=5 * policy.worst_case_seconds(),
             scope=settings.cache_scope(),
         )
         xsuaa_hop = (
@@ -231,8 +239,8 @@ class IASPKCE:
         self,
         blueprint: Blueprint,
         *,
-        groups: Iterable[str] = (),
-        scopes: Iterable[str] = (),
+        groups: str | Iterable[str] = (),
+        scopes: str | Iterable[str] = (),
         all: bool = False,
     ) -> Blueprint:
         """Require a token on every view of ``blueprint`` (for ``IAS_PKCE_PROTECT =
@@ -248,9 +256,9 @@ class IASPKCE:
         """
         if not isinstance(blueprint, Blueprint):
             raise TypeError("protect() takes a Blueprint; use @required for a view")
-        # A lone string is refused by Requirement.of, not split into letters.
+        # One name may come as a string: it is that name, never its letters.
         listed = [
-            (kind, names if isinstance(names, str) else tuple(names))
+            (kind, (names,) if isinstance(names, str) else tuple(names))
             for kind, names in ((GROUP, groups), (SCOPE, scopes))
         ]
         rules = tuple(Requirement.of(kind, names, all) for kind, names in listed if names)
@@ -341,6 +349,9 @@ class IASPKCE:
             self._view_marks[target] = mode
         else:
             raise TypeError("expected a view function or a Blueprint")
+        # A mark made after an endpoint's first request takes effect at its next one.
+        for state in list(self._states):
+            state.modes.clear()
 
     def _mode(self, state: _State, current: Request) -> str:
         endpoint = current.endpoint
@@ -411,7 +422,7 @@ class IASPKCE:
             rules = state.rules[current.endpoint] = self._resolve_rules(state, current)
         # What ``headers.get("Authorization")`` returns, without its key normalisation.
         authorization = current.environ.get("HTTP_AUTHORIZATION")
-        token_in_query = b"access_token=" in current.query_string
+        token_in_query = _token_in_query(current)
         # An optional view under a blueprint with rules still needs a token: an anonymous
         # caller holds no group and no scope.
         if mode == OPTIONAL and not rules and authorization is None and not token_in_query:
@@ -462,6 +473,25 @@ class IASPKCE:
         session = requests.Session()
         session.auth = _CurrentTokenAuth()
         return session
+
+
+def _token_in_query(current: Request) -> bool:
+    """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
+    query = current.query_string
+    # Parsed only when it may hold one (the name itself, or a percent-encoded name).
+    if b"access_token" not in query and b"%" not in query:
+        return False
+    return "access_token" in current.args
+
+
+def _home_issuer(bindings: Bindings, ports: tuple[int | None, ...]) -> str | None:
+    """The origin of the binding's own tenant, whose keys are trusted to be real from the
+    start (None when the binding URL is outside its own domains)."""
+    try:
+        domains = [domain.lower() for domain in bindings.identity.domains]
+        return issuer_origin(bindings.identity.url, domains, ports)
+    except InvalidToken:
+        return None
 
 
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:

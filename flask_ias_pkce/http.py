@@ -9,12 +9,15 @@ table: a read timeout is a 504, anything that keeps us from talking to IAS is a 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import functools
 import json
 import logging
 import os
 import random
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -26,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
+import urllib3.connection
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
@@ -45,6 +49,58 @@ MAX_ANSWER_BYTES = 256 * 1024
 Verify = bool | str
 
 
+#: When the answer of the call under way must be in, headers and body (time.monotonic()).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "ias_pkce_deadline", default=None
+)
+
+
+class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """A connection whose answer head must arrive before the call's deadline.
+
+    The socket's read timeout bounds each wait for bytes only: an IAS (or a proxy) that
+    sends its status line at once and then a header byte now and then would hold the
+    request for as long as it likes. A timer cuts the connection at the deadline instead.
+    """
+
+    def getresponse(self) -> Any:
+        deadline = _DEADLINE.get()
+        sock = self.sock
+        if deadline is None or sock is None:
+            return super().getresponse()
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            # The plain socket's shutdown: the reading thread keeps its TLS state.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            response = super().getresponse()
+        finally:
+            timer.cancel()
+            if expired.is_set():
+                # Whatever the cut connection gave (an error, or a head cut short).
+                raise TimeoutError("the answer's head took too long")
+        return response
+
+
+class _DeadlineHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+def _with_deadlines(manager: Any) -> Any:
+    manager.pool_classes_by_scheme = {
+        **manager.pool_classes_by_scheme,
+        "https": _DeadlineHTTPSConnectionPool,
+    }
+    return manager
+
+
 class _ClientCertificateAdapter(HTTPAdapter):
     """An adapter whose TLS contexts carry the binding's client certificate.
 
@@ -61,6 +117,13 @@ class _ClientCertificateAdapter(HTTPAdapter):
         self._contexts: dict[Verify, ssl.SSLContext] = {}
         self._contexts_lock = threading.Lock()
         super().__init__(pool_connections=4, pool_maxsize=32)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _with_deadlines(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        return _with_deadlines(super().proxy_manager_for(proxy, **proxy_kwargs))
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
@@ -176,11 +239,24 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        """The body as JSON, or ``None`` when it is not JSON."""
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+        """The body as JSON, or ``None`` when it is not plain JSON (see :func:`loads_json`)."""
+        return loads_json(self.body)
+
+
+def loads_json(data: bytes | str) -> Any:
+    """JSON of a token or of an answer of IAS, or ``None`` when it is not plain JSON.
+
+    Refused, without a traceback: nesting that would exhaust the parser's recursion
+    (``RecursionError``), and ``NaN``/``Infinity``, which are no JSON (RFC 8259 section 6).
+    """
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
@@ -290,22 +366,27 @@ def _send(
     session: requests.Session, method: str, url: str, policy: HttpPolicy, **kwargs: Any
 ) -> Answer:
     # The read timeout bounds each wait for bytes, not the whole answer: an IAS (or a
-    # proxy) that trickles its body a byte at a time would hold the request for as long as
-    # it likes. The body is therefore read against one deadline per attempt, which keeps
-    # HttpPolicy.worst_case_seconds() true.
+    # proxy) that trickles its head or body a byte at a time would hold the request for as
+    # long as it likes. Head (_DeadlineHTTPSConnection) and body are therefore read against
+    # one deadline per attempt, which keeps HttpPolicy.worst_case_seconds() true.
     deadline = time.monotonic() + sum(policy.timeout)
     if not session.trust_env:
         kwargs.setdefault("proxies", _proxies_for(_origin(url)))
-    with session.request(
-        method,
-        url,
-        verify=policy.verify,
-        timeout=policy.timeout,
-        allow_redirects=False,
-        stream=True,
-        **kwargs,
-    ) as response:
-        return Answer(response.status_code, response.headers, _read_body(response, deadline))
+    token = _DEADLINE.set(deadline)
+    try:
+        with session.request(
+            method,
+            url,
+            verify=policy.verify,
+            timeout=policy.timeout,
+            allow_redirects=False,
+            stream=True,
+            **kwargs,
+        ) as response:
+            body = _read_body(response, deadline)
+            return Answer(response.status_code, response.headers, body)
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _read_body(response: requests.Response, deadline: float) -> bytes:

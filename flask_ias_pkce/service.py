@@ -99,6 +99,11 @@ class Authenticator:
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_subject"
             )
+        if not _same_tenant(public.claims, exchanged.claims, sent=app_tid):
+            # The same user of another tenant is another user: the app's data is per tenant.
+            raise IASRefused(
+                "The identity service returned an unusable token", reason="exchanged_tenant"
+            )
         entry = Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
         self.cache.put(key, entry)
         return entry
@@ -125,3 +130,15 @@ def same_user(public: Mapping[str, Any], exchanged: Mapping[str, Any]) -> bool:
         return public_uuid == exchanged_uuid
     subject = public.get("sub")
     return isinstance(subject, str) and subject == exchanged.get("sub")
+
+
+def _same_tenant(
+    public: Mapping[str, Any], exchanged: Mapping[str, Any], *, sent: str | None
+) -> bool:
+    """Whether the exchanged token names no other tenant than the public one: its
+    ``app_tid``, or, when the public token names none, the one the exchange ``sent``."""
+    tenant = exchanged.get("app_tid")
+    expected = public.get("app_tid")
+    if not isinstance(expected, str):
+        expected = sent
+    return tenant is None or expected is None or tenant == expected

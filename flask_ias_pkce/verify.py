@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict, deque
@@ -43,10 +43,20 @@ _LABEL = re.compile(r"[a-z0-9-]{1,63}")
 KID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 #: Header parameters whose meaning we would have to understand (RFC 7515 4.1.11).
 _REFUSED_HEADERS = frozenset({"crit"})
-#: At most this many key sets (issuer, tenant, client) are kept in memory.
-_MAX_KEY_SETS = 256
-#: New key sets made per issuer and minute, at most (each costs calls to IAS).
-NEW_KEY_SETS_PER_MINUTE = 30
+#: Fetches of the keys of issuers that have not yet verified a token (discovery and JWKS,
+#: whatever the issuer), at most this many a minute in all: an unsigned token can name any
+#: tenant under a trusted domain, so this is all that forged tokens can cost IAS.
+UNPROVEN_FETCHES_PER_MINUTE = 10
+#: Issuers kept that have not yet verified a token (their failures are remembered here).
+_MAX_UNPROVEN_ISSUERS = 64
+#: Issuers kept whose keys have verified a token; only another such issuer evicts one.
+_MAX_PROVEN_ISSUERS = 1024
+#: Tenant and client key sets kept; each is made only for a token whose signature passed.
+_MAX_TENANT_SETS = 4096
+#: RSA moduli under this many bits are ignored (RFC 7518 section 3.3).
+MIN_RSA_BITS = 2048
+#: A modulus or exponent longer than this is no real key: refused before it is decoded.
+MAX_RSA_BITS = 8192
 
 
 def _b64decode(segment: str) -> bytes:
@@ -65,8 +75,8 @@ def _canonical(segment: str) -> bool:
 
 def _json_object(segment: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(segment))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        value = http.loads_json(_b64decode(segment))
+    except (ValueError, binascii.Error):
         value = None
     if not isinstance(value, dict):
         raise InvalidToken("The token is not a well-formed JWT", reason="malformed_jwt")
@@ -124,10 +134,16 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    # bool is an int in Python; a JSON true is no timestamp.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken("The token's time claims are malformed", reason=f"{name}_malformed")
-    return float(value)
+    # bool is an int in Python; a JSON true is no timestamp. A number too large for a float
+    # (a 400-digit integer, 1e999) or not finite is no timestamp either.
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise InvalidToken("The token's time claims are malformed", reason=f"{name}_malformed")
 
 
 def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> float:
@@ -231,7 +247,8 @@ def rsa_signing_keys(entries: list[Any], source: str) -> dict[str, Key]:
     """The usable RS256 signing keys among JWK ``entries``, by ``kid``; others are skipped.
 
     An entry may carry the key as JWK numbers (``n``, ``e``) or, as XSUAA's do, as a PEM
-    ``value``.
+    ``value``. Keys under :data:`MIN_RSA_BITS` are skipped (RFC 7518 section 3.3), and so
+    is a modulus or exponent over :data:`MAX_RSA_BITS`, before it is decoded.
     """
     keys: dict[str, Key] = {}
     for entry in entries:
@@ -242,23 +259,70 @@ def rsa_signing_keys(entries: list[Any], source: str) -> dict[str, Key]:
             and entry.get("alg", ALGORITHM) == ALGORITHM
             and isinstance(entry.get("kid"), str)
         ):
-            material = entry if "n" in entry and "e" in entry else entry.get("value")
-            try:
-                keys[entry["kid"]] = jwk.construct(material, ALGORITHM)
-            except (JOSEError, ValueError, TypeError):
-                logger.warning("The keys of %s hold an unusable key; skipped", source)
+            key = _rsa_key(entry)
+            if key is None:
+                logger.warning("The keys of %s hold an unusable or weak key; skipped", source)
+            else:
+                keys[entry["kid"]] = key
     return keys
 
 
-class JWKSCache:
-    """The signing keys of each trusted issuer, found through OIDC discovery.
+# Base64url characters (6 bits each) and PEM text that a MAX_RSA_BITS key never exceeds.
+_MAX_NUMBER_CHARS = -(-MAX_RSA_BITS // 6)
+_MAX_PEM_CHARS = 2 * MAX_RSA_BITS // 6 + 512
 
-    IAS answers its JWKS per tenant and client (``x-app_tid``, ``x-azp``) and refuses one
-    that the client may not see, so there is one :class:`KeySet` per issuer, tenant and
-    ``azp``: a key set fetched for one tenant never vouches for another's token, and a
-    fetch that fails for one never holds up the others. The sets are kept least recently
-    used first out; new ones are made at most :data:`NEW_KEY_SETS_PER_MINUTE` times a
-    minute per issuer, since an unsigned token can name any tenant.
+
+def _rsa_key(entry: Mapping[str, Any]) -> Key | None:
+    if "n" in entry and "e" in entry:
+        material: Any = entry
+        numbers = (entry["n"], entry["e"])
+        if not all(isinstance(number, str) for number in numbers) or any(
+            len(number) > _MAX_NUMBER_CHARS for number in numbers
+        ):
+            return None
+    else:
+        material = entry.get("value")
+        if not isinstance(material, str) or len(material) > _MAX_PEM_CHARS:
+            return None
+    try:
+        key = jwk.construct(material, ALGORITHM)
+        modulus = _b64decode(key.to_dict()["n"])
+    except (JOSEError, ValueError, TypeError, KeyError, binascii.Error):
+        return None
+    if int.from_bytes(modulus, "big").bit_length() < MIN_RSA_BITS:
+        return None
+    return key
+
+
+@dataclass(slots=True)
+class _IssuerKeys:
+    """The keys of one issuer, fetched without tenant or client, and where it serves them."""
+
+    key_set: KeySet
+    jwks_uri: str | None = None
+    proven: bool = False  #: a token's signature has passed with one of these keys
+
+
+class JWKSCache:
+    """The signing keys of each trusted issuer, found through OIDC discovery, and IAS's
+    word on whether this client may accept a tenant's tokens.
+
+    A token is checked in two steps, so that one made up costs real users nothing:
+
+    1. its signature, against the keys of its issuer (:meth:`issuer_key`), fetched
+       without the token's ``app_tid`` or ``azp``: a forged token names any tenant and
+       client it likes, but not a signature, and fails here;
+    2. only then (:meth:`tenant_key`), the JWKS call that IAS answers per tenant and
+       client (``x-app_tid``, ``x-azp``) and refuses for a tenant this client may not
+       accept; the token must verify with the key of that answer too, so that one
+       tenant's keys never vouch for another's token (CVE-2023-50422). These sets exist
+       only for tokens that were signed by IAS.
+
+    An issuer whose keys have never verified a token (a made-up tenant, say) is fetched
+    at most :data:`UNPROVEN_FETCHES_PER_MINUTE` times a minute in all, whatever the
+    issuer, and its failures are remembered; such issuers never evict one whose keys have
+    verified a token. The binding's own issuer (``home_issuer``) counts as proven from the
+    start.
     """
 
     def __init__(
@@ -268,52 +332,103 @@ class JWKSCache:
         policy: http.HttpPolicy,
         client_id: str,
         clock: Callable[[], float],
+        home_issuer: str | None = None,
     ) -> None:
         self._session = session
         self._policy = policy
         self._client_id = client_id
         self._clock = clock
-        self._key_sets: OrderedDict[tuple[str, str | None, str | None], KeySet] = OrderedDict()
-        self._created: OrderedDict[str, deque[float]] = OrderedDict()
+        self._proven: OrderedDict[str, _IssuerKeys] = OrderedDict()
+        self._unproven: OrderedDict[str, _IssuerKeys] = OrderedDict()
+        self._tenant_sets: OrderedDict[tuple[str, str | None, str | None], KeySet] = OrderedDict()
+        self._unproven_fetches: deque[float] = deque(maxlen=UNPROVEN_FETCHES_PER_MINUTE)
         self._lock = threading.Lock()
+        if home_issuer is not None:
+            self._proven[home_issuer] = _IssuerKeys(KeySet(home_issuer), proven=True)
 
-    def key(self, issuer: str, kid: str, claims: Mapping[str, Any]) -> Key | None:
-        """The key ``kid`` of ``issuer`` (an origin that passed the trust check) for a token
-        with ``claims``, or None."""
+    # -- step 1: the issuer's keys ---------------------------------------------------------
+
+    def issuer_key(self, issuer: str, kid: str) -> Key | None:
+        """The key ``kid`` of ``issuer`` (an origin that passed the trust check), or None."""
+        keys = self._issuer(issuer)
+        return keys.key_set.key(kid, lambda: self._fetch_issuer(keys, issuer), self._clock())
+
+    def proven(self, issuer: str) -> None:
+        """Record that a token's signature passed with a key of ``issuer``."""
+        with self._lock:
+            keys = self._unproven.pop(issuer, None)
+            if keys is None:
+                keys = self._proven.get(issuer)
+                if keys is not None:
+                    self._proven.move_to_end(issuer)
+                return
+            keys.proven = True
+            if len(self._proven) >= _MAX_PROVEN_ISSUERS:
+                self._proven.popitem(last=False)
+            self._proven[issuer] = keys
+
+    def _issuer(self, issuer: str) -> _IssuerKeys:
+        with self._lock:
+            keys = self._proven.get(issuer)
+            if keys is not None:
+                return keys
+            keys = self._unproven.get(issuer)
+            if keys is not None:
+                self._unproven.move_to_end(issuer)
+                return keys
+            if len(self._unproven) >= _MAX_UNPROVEN_ISSUERS:
+                self._unproven.popitem(last=False)
+            keys = self._unproven[issuer] = _IssuerKeys(KeySet(issuer))
+            return keys
+
+    def _fetch_issuer(self, keys: _IssuerKeys, issuer: str) -> dict[str, Key]:
+        if not keys.proven:
+            self._spend_unproven_budget(issuer)
+        headers = {"x-client_id": self._client_id}
+        keys.jwks_uri = self.discover(issuer, headers)
+        return self.fetch_keys(issuer, keys.jwks_uri, headers)
+
+    def _spend_unproven_budget(self, issuer: str) -> None:
+        now = self._clock()
+        with self._lock:
+            fetches = self._unproven_fetches
+            if len(fetches) == UNPROVEN_FETCHES_PER_MINUTE and now - fetches[0] < 60:
+                retry_after = int(60 - (now - fetches[0])) + 1
+            else:
+                fetches.append(now)
+                return
+        logger.warning("Too many issuers without a verified token; %s refused for now", issuer)
+        raise IASUnavailable(
+            "Too many unknown issuers at once; try again shortly",
+            reason="jwks_unknown_issuers_limited",
+            retry_after=retry_after,
+        )
+
+    # -- step 2: the tenant's and client's keys --------------------------------------------
+
+    def tenant_key(self, issuer: str, kid: str, claims: Mapping[str, Any]) -> Key | None:
+        """The key ``kid`` as IAS gives it to this client for the tenant and client of
+        ``claims``, or None; call only for a token whose signature passed with
+        :meth:`issuer_key`. Raises :class:`~flask_ias_pkce.errors.InvalidToken` when IAS
+        refuses this client the tenant's keys."""
         headers = self.headers(claims)
         scope = (issuer, headers.get("x-app_tid"), headers.get("x-azp"))
-        return self._key_set(scope).key(kid, lambda: self._fetch(issuer, headers), self._clock())
-
-    def _key_set(self, scope: tuple[str, str | None, str | None]) -> KeySet:
+        if scope[1:] == (None, None):
+            return self.issuer_key(issuer, kid)  # the same call as step 1
         with self._lock:
-            key_set = self._key_sets.get(scope)
-            if key_set is not None:
-                self._key_sets.move_to_end(scope)
-                return key_set
-            self._count_new(scope[0])
-            if len(self._key_sets) >= _MAX_KEY_SETS:
-                self._key_sets.popitem(last=False)
-            key_set = self._key_sets[scope] = KeySet(scope[0])
-            return key_set
+            key_set = self._tenant_sets.get(scope)
+            if key_set is None:
+                if len(self._tenant_sets) >= _MAX_TENANT_SETS:
+                    self._tenant_sets.popitem(last=False)
+                key_set = self._tenant_sets[scope] = KeySet(issuer)
+            else:
+                self._tenant_sets.move_to_end(scope)
+        return key_set.key(kid, lambda: self._fetch_tenant(issuer, headers), self._clock())
 
-    def _count_new(self, issuer: str) -> None:
-        now = self._clock()
-        created = self._created.get(issuer)
-        if created is None:
-            if len(self._created) >= _MAX_KEY_SETS:
-                self._created.popitem(last=False)
-            created = self._created[issuer] = deque(maxlen=NEW_KEY_SETS_PER_MINUTE)
-        if len(created) == NEW_KEY_SETS_PER_MINUTE and now - created[0] < 60:
-            logger.warning("Too many new tenants or clients for %s; refused for now", issuer)
-            raise IASUnavailable(
-                "Too many new tenants at once; try again shortly",
-                reason="jwks_new_key_sets_limited",
-                retry_after=int(60 - (now - created[0])) + 1,
-            )
-        created.append(now)
-
-    def _fetch(self, issuer: str, headers: Mapping[str, str]) -> dict[str, Key]:
-        return self.fetch_keys(issuer, self.discover(issuer, headers), headers)
+    def _fetch_tenant(self, issuer: str, headers: Mapping[str, str]) -> dict[str, Key]:
+        keys = self._issuer(issuer)
+        jwks_uri = keys.jwks_uri or self.discover(issuer, headers)
+        return self.fetch_keys(issuer, jwks_uri, headers)
 
     def headers(self, claims: Mapping[str, Any]) -> dict[str, str]:
         """The headers of discovery and JWKS calls for a token with ``claims``.
@@ -339,9 +454,16 @@ class JWKSCache:
             headers=headers,
         )
         document = discovery.json() if discovery.status == 200 else None
-        jwks_uri = document.get("jwks_uri") if isinstance(document, dict) else None
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(issuer + "/"):
-            # The keys must come from the issuer we trust, nowhere else.
+        if not isinstance(document, dict):
+            document = {}
+        jwks_uri = document.get("jwks_uri")
+        # The document must be the issuer's own (OpenID Connect Discovery 4.3), and the keys
+        # must come from the issuer we trust, nowhere else.
+        if (
+            not _same_issuer(document.get("issuer"), issuer)
+            or not isinstance(jwks_uri, str)
+            or not jwks_uri.startswith(issuer + "/")
+        ):
             raise IASRefused(
                 "The identity service's discovery document is unusable", reason="discovery_bad"
             )
@@ -364,6 +486,20 @@ class JWKSCache:
             raise IASRefused("The identity service's JWKS has no usable key", reason="jwks_empty")
         logger.info("Fetched %d signing keys of %s", len(keys), issuer)
         return keys
+
+
+def _same_issuer(claimed: object, issuer: str) -> bool:
+    # ``issuer`` is the origin as issuer_origin() writes it: lower-case host, no :443.
+    if not isinstance(claimed, str) or len(claimed) > 512:
+        return False
+    try:
+        parts = urlsplit(claimed.removesuffix("/"))
+        port = parts.port
+    except ValueError:
+        return False
+    default = port in (None, 443)
+    written = f"{parts.scheme}://{parts.hostname}" + ("" if default else f":{port}")
+    return not (parts.path or parts.query or parts.fragment) and written == issuer
 
 
 class TokenVerifier:
@@ -414,11 +550,18 @@ class TokenVerifier:
         expires = check_times(claims, now=self._clock(), leeway=self._leeway)
         if not audiences(claims) & set(audience):
             raise InvalidToken("The token is not meant for this application", reason="audience")
-        key = self._keys.key(origin, kid, claims)
-        if key is None:
-            raise InvalidToken("The token's signing key is unknown", reason="kid_unknown")
-        try:
-            jws.verify(token, key, algorithms=[ALGORITHM])
-        except JOSEError:
-            raise InvalidToken("The token's signature is invalid", reason="signature") from None
+        _check_signature(token, self._keys.issuer_key(origin, kid))
+        self._keys.proven(origin)
+        # Signed by the issuer: now, and only now, ask IAS whether this client may accept
+        # the token's tenant, and let the keys it gives for that tenant decide.
+        _check_signature(token, self._keys.tenant_key(origin, kid, claims))
         return VerifiedToken(claims, origin, expires)
+
+
+def _check_signature(token: str, key: Key | None) -> None:
+    if key is None:
+        raise InvalidToken("The token's signing key is unknown", reason="kid_unknown")
+    try:
+        jws.verify(token, key, algorithms=[ALGORITHM])
+    except JOSEError:
+        raise InvalidToken("The token's signature is invalid", reason="signature") from None

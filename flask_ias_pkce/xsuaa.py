@@ -32,7 +32,6 @@ Both calls follow SAP's own libraries:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -209,7 +208,7 @@ class XsuaaHop:
         """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
         try:
             header = jws.get_unverified_header(token)
-        except JOSEError:
+        except (JOSEError, RecursionError):  # RecursionError: hostile nesting
             raise _Refused("xsuaa_malformed_token") from None
         if header.get("alg") != ALGORITHM:
             raise _Refused("xsuaa_alg_not_allowed")
@@ -222,9 +221,10 @@ class XsuaaHop:
             raise _Refused("xsuaa_kid_unknown")
         try:
             payload = jws.verify(token, key, algorithms=[ALGORITHM])
-            claims = json.loads(payload)
-        except (JOSEError, ValueError):
+        except (JOSEError, RecursionError):
             raise _Refused("xsuaa_signature") from None
+        # Hostile nesting and NaN/Infinity are refused by the parser, as for IAS tokens.
+        claims = http.loads_json(payload)
         if not isinstance(claims, dict):
             raise _Refused("xsuaa_malformed_token")
         if not self._issuer_trusted(claims.get("iss")):
@@ -301,6 +301,6 @@ def _unverified_zone(token: str) -> str | None:
     it only names which zone's keys to fetch, as in SAP's libraries."""
     try:
         zone = jwt.get_unverified_claims(token).get("zid")
-    except (JOSEError, AttributeError):
+    except (JOSEError, AttributeError, RecursionError):  # RecursionError: hostile nesting
         return None
     return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None

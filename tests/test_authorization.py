@@ -361,9 +361,22 @@ def test_bad_requirement_names_are_refused(names: tuple[Any, ...], error: type) 
         ias.require_scopes(*names)
 
 
-def test_protect_takes_lists_not_one_string() -> None:
-    with pytest.raises(TypeError, match="not one string"):
-        IASPKCE().protect(Blueprint("b", __name__), groups="Admins")
+def test_protect_takes_one_name_as_a_string(ias_emulator: IASEmulator) -> None:
+    app, ias = group_app(ias_emulator)
+    admin = Blueprint("admin", __name__)
+    ias.protect(admin, groups="Admins")  # one group, not the letters A, d, m, ...
+
+    @admin.get("/panel")
+    def panel() -> str:
+        return "panel"
+
+    app.register_blueprint(admin)
+    ias.init_app(app)
+    client = app.test_client()
+    letters = ias_emulator.issue_public_token(groups=["A", "d"])
+    assert client.get("/panel", headers=bearer(letters)).status_code == 403
+    admins = ias_emulator.issue_public_token(groups="Admins")
+    assert client.get("/panel", headers=bearer(admins)).status_code == 200
 
 
 def test_require_decorates_views_only() -> None:

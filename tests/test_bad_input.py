@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from jose import jwk, jwt
 
 from flask_ias_pkce.testing import IASEmulator
 
-from helpers import build_app
+from helpers import bearer, build_app
 
 
 def b64(data: bytes | str) -> str:
@@ -87,6 +88,40 @@ def retired_key(ias: IASEmulator) -> str:
     old = ias.current_kid
     ias.rotate_keys(retire_old=True)
     return ias.sign(claims(ias), headers=None, kid=old)
+
+
+DEEP = 1500  # levels of nesting: beyond Python's recursion limit, within the size limit
+
+
+def nested(depth: int = DEEP) -> str:
+    return "[" * depth + "]" * depth
+
+
+def raw_token(header: str, payload: str) -> str:
+    # Refused before any signature check, so the signature can be anything.
+    return f"{b64(header)}.{b64(payload)}.{b64(b'signature')}"
+
+
+def nested_header(ias: IASEmulator) -> str:
+    header = json.dumps({"alg": "RS256", "kid": ias.current_kid})[:-1] + f', "x": {nested()}}}'
+    return raw_token(header, json.dumps(claims(ias)))
+
+
+def nested_payload(ias: IASEmulator) -> str:
+    payload = json.dumps(claims(ias))[:-1] + f', "x": {nested()}}}'
+    return raw_token(json.dumps({"alg": "RS256", "kid": ias.current_kid}), payload)
+
+
+def with_raw_claim(name: str, text: str) -> Callable[[IASEmulator], str]:
+    # A claim whose JSON text no Python value would serialise to (1e999, say).
+    def make(ias: IASEmulator) -> str:
+        payload = json.dumps(claims(ias))[:-1] + f', "{name}": {text}}}'
+        return raw_token(json.dumps({"alg": "RS256", "kid": ias.current_kid}), payload)
+
+    return make
+
+
+HUGE = 10**400  # a 401-digit integer: no float holds it
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,23 @@ CASES = [
     Case("exp a string", token(lambda ias: signed(ias, exp=str(NOW + 600))), 401, INVALID),
     Case("exp a boolean", token(lambda ias: signed(ias, exp=True)), 401, INVALID),
     Case("nbf in the future", token(lambda ias: signed(ias, nbf=NOW + 3600)), 401, INVALID),
+    # --- hostile structure and numbers (red-team review, issue 11) ---
+    Case("header nested 1500 levels", token(nested_header), 401, INVALID),
+    Case("payload nested 1500 levels", token(nested_payload), 401, INVALID),
+    Case("exp a 401-digit integer", token(lambda ias: signed(ias, exp=HUGE)), 401, INVALID),
+    Case("nbf a 401-digit integer", token(lambda ias: signed(ias, nbf=HUGE)), 401, INVALID),
+    Case("iat a 401-digit integer", token(lambda ias: signed(ias, iat=-HUGE)), 401, INVALID),
+    Case("exp NaN", token(lambda ias: signed(ias, exp=float("nan"))), 401, INVALID),
+    Case("exp Infinity", token(lambda ias: signed(ias, exp=float("inf"))), 401, INVALID),
+    Case("nbf -Infinity", token(lambda ias: signed(ias, nbf=float("-inf"))), 401, INVALID),
+    Case("exp 1e999", token(with_raw_claim("exp", "1e999")), 401, INVALID),
+    Case("exp a list", token(lambda ias: signed(ias, exp=[NOW + 600])), 401, INVALID),
+    Case(
+        "token in the query, name percent-encoded",
+        lambda ias: {"query_string": "access%5Ftoken=" + ias.issue_public_token()},
+        400,
+        BAD_REQUEST,
+    ),
     Case("iat in the future", token(lambda ias: signed(ias, iat=NOW + 3600)), 401, INVALID),
     Case("iss missing", token(lambda ias: signed(ias, iss=None)), 401, INVALID),
     Case("iss over http", token(lambda ias: signed(ias, iss="http://localhost")), 401, INVALID),
@@ -363,6 +415,40 @@ def test_refused(case: Case, app: Flask, ias_emulator: IASEmulator) -> None:
 
 def test_catalogue_is_large_enough() -> None:
     assert len({case.name for case in CASES}) >= 40
+
+
+HOSTILE_STRUCTURE = [
+    case
+    for case in CASES
+    if "nested" in case.name or "401-digit" in case.name or "NaN" in case.name
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_STRUCTURE, ids=[case.name for case in HOSTILE_STRUCTURE])
+def test_hostile_structure_is_one_info_line_without_traceback(
+    case: Case, app: Flask, ias_emulator: IASEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = case.build(ias_emulator)
+    caplog.set_level(logging.DEBUG)
+
+    answer = app.test_client().get("/api/me", **request)
+
+    assert answer.status_code == 401
+    records = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert [record.levelno for record in records] == [logging.INFO]
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+@pytest.mark.parametrize("query", ["foo_access_token=1", "x=access_token%3D1", "my_access_token"])
+def test_a_query_parameter_merely_containing_access_token_is_no_token(
+    app: Flask, ias_emulator: IASEmulator, query: str
+) -> None:
+    # RFC 6750 2.3: only a parameter named exactly access_token carries a token.
+    answer = app.test_client().get(
+        "/api/me", query_string=query, headers=bearer(ias_emulator.issue_public_token())
+    )
+
+    assert answer.status_code == 200
 
 
 def test_lower_case_scheme_is_accepted(app: Flask, ias_emulator: IASEmulator) -> None:

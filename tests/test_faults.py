@@ -4,27 +4,35 @@ recovers the same app serves again without a restart."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import json
 import shutil
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from jose import jwk as jose_jwk
 from jose import jwt
 from werkzeug.test import TestResponse
 
 from flask_ias_pkce.constants import EXTENSION_NAME, RETRY_AFTER_SECONDS
-from flask_ias_pkce.http import HttpPolicy
+from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator, _pki
+from flask_ias_pkce.verify import rsa_signing_keys
 
 from helpers import FakeClock, bearer, build_app
 
@@ -37,6 +45,7 @@ def _no_key_fetch_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 0.0)
 
 
+JSON = {"Content-Type": "application/json"}
 TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/certs"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -174,7 +183,11 @@ def relay(ias_emulator: IASEmulator) -> Iterator[_Relay]:
     # The relay's origin is the issuer we trust; its keys are the emulator's, fetched through it.
     # Key sets are per tenant and client (azp): the public and the exchanged token each
     # discover once, and a test may fetch keys again after a failure.
-    ias_emulator.inject(DISCOVERY_PATH, body={"jwks_uri": relay.origin + JWKS_PATH}, times=20)
+    ias_emulator.inject(
+        DISCOVERY_PATH,
+        body={"issuer": relay.origin, "jwks_uri": relay.origin + JWKS_PATH},
+        times=20,
+    )
     yield relay
     relay.close()
 
@@ -326,7 +339,9 @@ class _TricklingIAS:
                 """Silent."""
 
             def do_GET(self) -> None:
-                discovery = json.dumps({"jwks_uri": outer.origin + JWKS_PATH}).encode()
+                discovery = json.dumps(
+                    {"issuer": outer.origin, "jwks_uri": outer.origin + JWKS_PATH}
+                ).encode()
                 self._answer(jwks if self.path == JWKS_PATH else discovery, trickle=False)
 
             def do_POST(self) -> None:
@@ -376,6 +391,32 @@ def test_answer_trickling_past_the_timeouts_gets_504(
         trickling.close()
 
     assert_gateway_error(answer, 504, "gateway_timeout")
+
+
+def test_answer_head_trickling_past_the_timeouts_gets_504(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=SHORT_TIMEOUT, IAS_PKCE_RETRIES=0)
+    client = app.test_client()
+    assert (
+        client.get("/api/me", headers=bearer(ias_emulator.issue_public_token())).status_code == 200
+    )
+    # The status line at once, then a header byte every quarter of the read timeout.
+    ias_emulator.inject(TOKEN_PATH, header_interval=SHORT_TIMEOUT[1] / 4)
+
+    answer = timed_get(app, client, ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 504, "gateway_timeout")
+    assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
+
+
+def test_answer_head_sent_slowly_within_the_deadline_is_used(ias_emulator: IASEmulator) -> None:
+    app = build_app(ias_emulator, IAS_PKCE_TIMEOUT=(2.0, 2.0), IAS_PKCE_RETRIES=0)
+    client = app.test_client()
+    assert (
+        client.get("/api/me", headers=bearer(ias_emulator.issue_public_token())).status_code == 200
+    )
+    ias_emulator.inject(TOKEN_PATH, header_interval=0.002)
+
+    assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
 
 
 # -- IAS fails for a while ----------------------------------------------------------------
@@ -478,6 +519,26 @@ def test_invalid_grant_is_401_and_a_replay_is_refused_without_asking_ias(
     assert len(ias_emulator.exchanges) == 1
     # The refusal is this token's alone.
     assert timed_get(app, client, ias_emulator.issue_public_token()).status_code == 200
+
+
+def test_a_refusal_is_remembered_for_the_negative_ttl_even_past_the_tokens_exp(
+    ias_emulator: IASEmulator,
+) -> None:
+    # docs/security.rst: remembered for IAS_PKCE_NEGATIVE_TTL, not capped at exp. An expired
+    # token is refused locally anyway; the entry only ever refuses.
+    clock = FakeClock(time.time())
+    app = build_app(ias_emulator, clock=clock, IAS_PKCE_NEGATIVE_TTL=30)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token(exp=int(clock.now) + 10)
+    ias_emulator.inject(TOKEN_PATH, status=400, body={"error": "invalid_grant"})
+    assert_invalid_token(client.get("/api/me", headers=bearer(token)))
+
+    clock.advance(25)  # past exp (within the leeway), within the negative TTL
+    assert_invalid_token(client.get("/api/me", headers=bearer(token)))
+    assert len(ias_emulator.exchanges) == 1
+    clock.advance(10)  # past the negative TTL: IAS is asked again
+    assert client.get("/api/me", headers=bearer(token)).status_code == 200
+    assert len(ias_emulator.exchanges) == 2
 
 
 def test_injected_invalid_client_is_502_and_not_held_against_the_token(
@@ -686,3 +747,194 @@ def test_ias_hiding_its_keys_from_this_client_is_a_401(ias_emulator: IASEmulator
     assert answer.status_code == 401
     assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
     assert ias_emulator.exchanges == []
+
+
+# -- hostile answers (red-team review, issue 11) -------------------------------------------
+
+
+def deeply_nested(depth: int = 20_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("path", [DISCOVERY_PATH, JWKS_PATH, TOKEN_PATH])
+def test_deeply_nested_answer_of_ias_is_502(
+    ias_emulator: IASEmulator, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_app(ias_emulator)
+    ias_emulator.inject(path, status=200, body=deeply_nested(), headers=JSON)
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+def signed_deep(ias: IASEmulator, claims: dict[str, Any]) -> str:
+    # json.dumps itself recurses: give it room to write what the parser must refuse.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10 * DEEP_CLAIM)
+    try:
+        return ias.sign(
+            {**claims, "deep": functools.reduce(lambda x, _: [x], range(DEEP_CLAIM), [])}
+        )
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+DEEP_CLAIM = 1500
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"exp": 10**400}, id="exp 401 digits"),
+        pytest.param({"iat": 10**400}, id="iat 401 digits"),
+        pytest.param({"exp": float("nan")}, id="exp NaN"),
+        pytest.param({"exp": float("inf")}, id="exp Infinity"),
+        pytest.param({"nbf": "soon"}, id="nbf a string"),
+        pytest.param({"deep": "nested"}, id="claims nested 1500 levels"),
+    ],
+)
+def test_exchanged_token_with_hostile_structure_is_502(
+    ias_emulator: IASEmulator, changes: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    if changes == {"deep": "nested"}:
+        exchanged = signed_deep(ias_emulator, exchanged_claims(ias_emulator, token))
+    else:
+        exchanged = ias_emulator.sign(exchanged_claims(ias_emulator, token, **changes))
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": exchanged})
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+def test_exchanged_token_of_another_tenant_is_502(caplog: pytest.LogCaptureFixture) -> None:
+    # The IAS tenant hosts both application tenants, so its JWKS answers for either.
+    with IASEmulator(extra_app_tids=("another-tenant",)) as ias:
+        _exchanged_token_of_another_tenant_is_502(ias, caplog)
+
+
+def _exchanged_token_of_another_tenant_is_502(
+    ias_emulator: IASEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    claims = exchanged_claims(ias_emulator, token, app_tid="another-tenant")
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": ias_emulator.sign(claims)})
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert any("reason exchanged_tenant" in record.getMessage() for record in caplog.records)
+    # The same user of the same tenant is served.
+    assert timed_get(app, client, token).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://evil.localhost",
+        "https://localhost:99999",  # no port at all
+        "https://localhost/tenant",
+        ["https://localhost"],
+    ],
+)
+def test_discovery_document_of_another_issuer_is_502(
+    ias_emulator: IASEmulator, issuer: Any
+) -> None:
+    # OpenID Connect Discovery 4.3: the issuer in the document is the one asked for.
+    app = build_app(ias_emulator)
+    ias_emulator.inject(
+        DISCOVERY_PATH, body={"issuer": issuer, "jwks_uri": ias_emulator.issuer + JWKS_PATH}
+    )
+
+    answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
+
+    assert_gateway_error(answer, 502, "bad_gateway")
+
+
+def rsa_jwk(kid: str, bits: int) -> tuple[rsa.RSAPrivateKey, dict[str, str]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    numbers = private.public_key().public_numbers()
+
+    def number(value: int) -> str:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    jwk_ = {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256"}
+    return private, {**jwk_, "n": number(numbers.n), "e": number(numbers.e)}
+
+
+def test_rsa_key_under_2048_bits_in_the_jwks_verifies_nothing(ias_emulator: IASEmulator) -> None:
+    # RFC 7518 section 3.3: RS256 keys have 2048 bits or more.
+    weak, weak_jwk = rsa_jwk("weak", 1024)
+    ias_emulator.inject(JWKS_PATH, body={"keys": [*ias_emulator.jwks["keys"], weak_jwk]}, times=5)
+    app = build_app(ias_emulator)
+    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token())
+    pem = weak.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    forged = jwt.encode(claims, pem, algorithm="RS256", headers={"kid": "weak"})
+
+    assert_invalid_token(timed_get(app, app.test_client(), forged))
+    assert timed_get(app, app.test_client(), ias_emulator.issue_public_token()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"n": "A" * 1400, "e": "AQAB"}, id="modulus over 8192 bits"),
+        pytest.param({"e": "A" * 1400}, id="exponent over 8192 bits"),
+        pytest.param({"n": 5, "e": "AQAB"}, id="modulus a number"),
+        pytest.param({"n": None, "e": None, "value": "P" * 4000}, id="PEM too long"),
+    ],
+)
+def test_absurd_rsa_numbers_are_refused_before_they_are_decoded(entry: dict[str, Any]) -> None:
+    _, good = rsa_jwk("good", 2048)
+    absurd = {**good, "kid": "absurd", **entry}
+
+    with mock.patch("jose.jwk.construct", wraps=jose_jwk.construct) as construct:
+        keys = rsa_signing_keys([good, absurd], "test")
+
+    assert set(keys) == {"good"}
+    assert construct.call_count == 1  # the good key only: the absurd one was never decoded
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"n": "!!!", "e": "AQAB"}, id="modulus not base64url"),
+        pytest.param(
+            {"value": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}, id="PEM broken"
+        ),
+    ],
+)
+def test_broken_rsa_numbers_are_skipped(entry: dict[str, Any]) -> None:
+    _, good = rsa_jwk("good", 2048)
+    broken = {key: value for key, value in {**good, "kid": "broken", **entry}.items() if value}
+    if "value" in entry:
+        broken = {key: value for key, value in broken.items() if key not in ("n", "e")}
+
+    assert set(rsa_signing_keys([good, broken], "test")) == {"good"}
+
+
+def test_a_session_used_outside_a_call_has_no_deadline_of_ours(ias_emulator: IASEmulator) -> None:
+    # The deadline is the policy's, set by call(); a bare request keeps requests' own rules.
+    session = new_session()
+    try:
+        answer = session.get(
+            ias_emulator.issuer + JWKS_PATH, verify=ias_emulator.ca_file, timeout=5
+        )
+    finally:
+        session.close()
+
+    assert answer.status_code == 200
+
+
+def test_calls_through_a_proxy_keep_the_deadline_on_the_head() -> None:
+    adapter = new_session().get_adapter("https://localhost")
+    manager = adapter.proxy_manager_for("http://127.0.0.1:9")
+
+    assert manager.pool_classes_by_scheme["https"].__name__ == "_DeadlineHTTPSConnectionPool"

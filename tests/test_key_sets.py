@@ -4,25 +4,29 @@ the others."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+from urllib.parse import urlsplit
 
 import pytest
-from flask import Flask
+from jose import jwt
 
+from benchmarks import forged
+from flask_ias_pkce import http
+from flask_ias_pkce.errors import IASPKCEError
+from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import NEW_KEY_SETS_PER_MINUTE
+from flask_ias_pkce.verify import UNPROVEN_FETCHES_PER_MINUTE, JWKSCache, TokenVerifier
 
 from helpers import FakeClock, bearer, build_app
 
 CERTS = "/oauth2/certs"
-HOSTED_TENANTS = (
-    "a",
-    "b",
-    "good",
-    "t99",
-    *(f"t{index}" for index in range(NEW_KEY_SETS_PER_MINUTE)),
-)
+DISCOVERY = "/.well-known/openid-configuration"
+HOSTED_TENANTS = ("a", "b", "good", "new-tenant", "x")
 
 
 @pytest.fixture
@@ -50,7 +54,8 @@ def test_each_tenant_gets_the_keys_ias_gives_that_tenant(ias_emulator: IASEmulat
     again = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="a")))
 
     assert (first.status_code, second.status_code, again.status_code) == (200, 200, 200)
-    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == ["a", "b"]
+    # The issuer's keys once (no tenant named), then IAS's answer for each tenant.
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [None, "a", "b"]
 
 
 def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulator) -> None:
@@ -67,26 +72,8 @@ def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulato
 
     assert refused.status_code == 401
     assert good.status_code == 200
-    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 400]
-
-
-def test_new_tenants_are_limited_per_minute(ias_emulator: IASEmulator) -> None:
-    clock = FakeClock(time.time())
-    app: Flask = build_app(ias_emulator, clock=clock)
-    client = app.test_client()
-    statuses = [
-        client.get(
-            "/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid=f"t{index}"))
-        ).status_code
-        for index in range(NEW_KEY_SETS_PER_MINUTE + 1)
-    ]
-    fetches = len(key_fetches(ias_emulator))
-    clock.advance(61)
-    later = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="t99")))
-
-    assert statuses == [200] * NEW_KEY_SETS_PER_MINUTE + [503]
-    assert fetches == NEW_KEY_SETS_PER_MINUTE
-    assert later.status_code == 200
+    # The issuer's keys, the tenant "good", the tenant "evil" (refused).
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
 
 
 def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
@@ -102,6 +89,218 @@ def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
     assert (known.status_code, stranger.status_code) == (200, 401)
     assert 'error="invalid_token"' in stranger.headers["WWW-Authenticate"]
     own = ias_emulator.client_id
-    sent = [(f["x-client_id"], f["x-app_tid"], f["x-azp"]) for f in key_fetches(ias_emulator)]
-    assert sent == [(own, "a", own), (own, "b", "stranger")]
-    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 400]
+    sent = [
+        (f["x-client_id"], f.get("x-app_tid"), f.get("x-azp")) for f in key_fetches(ias_emulator)
+    ]
+    # First the issuer's keys (no tenant, no azp), then IAS's word per tenant and client.
+    assert sent == [(own, None, None), (own, "a", own), (own, "b", "stranger")]
+    assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
+
+
+def discovery_calls(ias: IASEmulator) -> int:
+    return sum(call.path == DISCOVERY for call in ias.calls)
+
+
+def made_up_tenant(ias: IASEmulator, index: int) -> str:
+    # A tenant under the trusted domain that does not exist (anyone can name one).
+    return f"https://t{index}.localhost:{urlsplit(ias.url).port}"
+
+
+def test_forged_tokens_spend_no_budget_of_a_fresh_worker(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator, clock=FakeClock(time.time())).test_client()
+    forged = [
+        ias_emulator.foreign_key_token(app_tid=f"made-up-{index}", jti=str(index))
+        for index in range(3 * UNPROVEN_FETCHES_PER_MINUTE + 5)
+    ]
+
+    refused = {client.get("/api/me", headers=bearer(token)).status_code for token in forged}
+    real = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator)))
+
+    assert refused == {401}
+    assert real.status_code == 200
+    # The issuer's keys once, and the real token's tenant once: no call per forged token.
+    assert len(key_fetches(ias_emulator)) == 2
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [
+        None,
+        ias_emulator.app_tid,
+    ]
+
+
+def test_only_a_signed_token_asks_ias_about_its_tenant(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator).test_client()
+    assert client.get("/api/me", headers=bearer(passthrough_token(ias_emulator))).status_code == 200
+    ias_emulator.reset_calls()
+
+    for index in range(50):
+        token = ias_emulator.foreign_key_token(app_tid=f"forged-{index}", azp=f"client-{index}")
+        assert client.get("/api/me", headers=bearer(token)).status_code == 401
+    assert ias_emulator.calls == []
+
+    new_tenant = passthrough_token(ias_emulator, app_tid="new-tenant")
+    assert client.get("/api/me", headers=bearer(new_tenant)).status_code == 200
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == ["new-tenant"]
+
+
+def test_a_tenants_keys_decide_even_when_the_issuers_keys_verified(
+    ias_emulator: IASEmulator,
+) -> None:
+    client = build_app(ias_emulator).test_client()
+    assert client.get("/api/me", headers=bearer(passthrough_token(ias_emulator))).status_code == 200
+    # IAS gives this tenant other keys than the issuer's: its answer decides.
+    ias_emulator.inject(CERTS, body={"keys": []})
+
+    answer = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid="x")))
+
+    assert answer.status_code == 502
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)][-1] == "x"
+
+
+@pytest.fixture
+def wildcard_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``*.localhost`` resolves to 127.0.0.1, as a real domain's tenants all resolve.
+    The emulator's certificate names only ``localhost``: their TLS handshakes fail fast."""
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.usefixtures("wildcard_dns")
+def test_made_up_tenants_share_one_small_budget(ias_emulator: IASEmulator) -> None:
+    clock = FakeClock(time.time())
+    client = build_app(ias_emulator, clock=clock, IAS_PKCE_RETRIES=0).test_client()
+    sent: list[str] = []
+    original = http._send
+
+    def send(session: Any, method: str, url: str, policy: Any, **kwargs: Any) -> Any:
+        sent.append(url)
+        return original(session, method, url, policy, **kwargs)
+
+    statuses = []
+    real = []
+    with mock.patch.object(http, "_send", send):
+        for minute in range(3):
+            for index in range(40):
+                token = ias_emulator.foreign_key_token(
+                    ias_iss=made_up_tenant(ias_emulator, 1000 * minute + index)
+                )
+                statuses.append(client.get("/api/me", headers=bearer(token)).status_code)
+                real.append(
+                    client.get(
+                        "/api/me", headers=bearer(ias_emulator.issue_public_token())
+                    ).status_code
+                )
+            clock.advance(60)
+
+    forged_calls = [url for url in sent if ".localhost:" in url]
+    assert len(forged_calls) <= 3 * UNPROVEN_FETCHES_PER_MINUTE
+    assert set(statuses) <= {502, 503}
+    assert set(real) == {200}
+
+
+@pytest.mark.usefixtures("wildcard_dns")
+def test_key_sets_that_verified_a_token_outlive_a_flood_of_made_up_issuers(
+    ias_emulator: IASEmulator,
+) -> None:
+    clock = FakeClock(time.time())
+    session = new_session()
+    policy = HttpPolicy(verify=ias_emulator.ca_file, retries=0)
+    keys = JWKSCache(session, policy=policy, client_id=ias_emulator.client_id, clock=clock)
+    verifier = TokenVerifier(
+        keys,
+        domains=["localhost"],
+        leeway=60,
+        clock=clock,
+        ports=(None, 443, urlsplit(ias_emulator.url).port),
+    )
+    audience = [ias_emulator.public_client_id]
+    verifier.verify(ias_emulator.issue_public_token(), audience=audience)
+    fetches = discovery_calls(ias_emulator)
+
+    # More made-up issuers than any store of key sets holds.
+    for index in range(300):
+        token = ias_emulator.foreign_key_token(ias_iss=made_up_tenant(ias_emulator, index))
+        with contextlib.suppress(IASPKCEError):
+            verifier.verify(token, audience=audience)
+    verifier.verify(ias_emulator.issue_public_token(), audience=audience)
+
+    assert discovery_calls(ias_emulator) == fetches
+    session.close()
+
+
+def test_forged_tokens_cost_ias_a_bounded_number_of_calls() -> None:
+    # The figure of docs/security.rst, smaller: python -m benchmarks.forged measures it.
+    result = forged.run(forged=400, tenants=40, threads=4)
+
+    assert result.forged_calls <= forged.bound(minutes=1)
+    assert set(result.user_statuses) == {200}
+    assert set(result.attack_statuses) <= {401, 502, 503}
+
+
+def test_a_cached_token_is_served_after_its_signing_key_left_the_jwks(
+    ias_emulator: IASEmulator,
+) -> None:
+    # Decided (docs/security.rst): an entry lives until its own expiry; a key leaving the
+    # JWKS is no revocation, and the cache-hit path asks nothing of the key sets.
+    client = build_app(ias_emulator).test_client()
+    old_token = ias_emulator.issue_public_token()
+    assert client.get("/api/me", headers=bearer(old_token)).status_code == 200
+    old_kid = ias_emulator.current_kid
+    ias_emulator.rotate_keys(retire_old=True)
+    ias_emulator.reset_calls()
+
+    cached = client.get("/api/me", headers=bearer(old_token))
+    new_with_old_key = ias_emulator.sign(
+        {**jwt.get_unverified_claims(old_token), "jti": "another"}, kid=old_kid
+    )
+    refused = client.get("/api/me", headers=bearer(new_with_old_key))
+
+    assert cached.status_code == 200
+    assert cached.json is not None
+    assert cached.json["from_cache"] is True
+    assert refused.status_code == 401  # a token not cached yet meets the new key set
+
+
+def test_proven_issuers_and_tenant_sets_are_kept_least_recently_used_first_out(
+    ias_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flask_ias_pkce.verify._MAX_PROVEN_ISSUERS", 1)
+    monkeypatch.setattr("flask_ias_pkce.verify._MAX_TENANT_SETS", 1)
+    clock = FakeClock(time.time())
+    session = new_session()
+    policy = HttpPolicy(verify=ias_emulator.ca_file, retries=0)
+    keys = JWKSCache(session, policy=policy, client_id=ias_emulator.client_id, clock=clock)
+    port = urlsplit(ias_emulator.url).port
+    verifier = TokenVerifier(
+        keys, domains=["localhost", "127.0.0.1"], leeway=60, clock=clock, ports=(None, 443, port)
+    )
+    audience = [ias_emulator.public_client_id]
+    keys.proven("https://other.localhost")  # unknown: nothing to promote
+    for tenant in ("a", "b", "a"):
+        verifier.verify(passthrough_token(ias_emulator, app_tid=tenant), audience=audience)
+    # One tenant set kept: "a" was fetched again after "b" took its place.
+    assert [fetch.get("x-app_tid") for fetch in key_fetches(ias_emulator)] == [None, "a", "b", "a"]
+
+    # A second issuer (the same emulator by its address) verifies a token: one proven
+    # issuer is kept, so the first must be looked up again.
+    second = f"https://127.0.0.1:{port}"
+    ias_emulator.inject(DISCOVERY, body={"issuer": second, "jwks_uri": second + CERTS})
+    verifier.verify(passthrough_token(ias_emulator, ias_iss=second), audience=audience)
+    before = discovery_calls(ias_emulator)
+    verifier.verify(passthrough_token(ias_emulator), audience=audience)
+    session.close()
+
+    assert discovery_calls(ias_emulator) == before + 1
+
+
+def test_a_binding_url_outside_its_domains_has_no_home_issuer(ias_emulator: IASEmulator) -> None:
+    client = build_app(ias_emulator, IAS_PKCE_DOMAINS=["elsewhere.example"]).test_client()
+
+    answer = client.get("/api/me", headers=bearer(ias_emulator.issue_public_token()))
+
+    assert answer.status_code == 401
+    assert ias_emulator.calls == []

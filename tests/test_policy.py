@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -320,3 +321,57 @@ def test_token_context_shows_no_token(ias_emulator: IASEmulator) -> None:
     assert answer.json["public_aud"] == ias_emulator.public_client_id
     assert answer.json["repr"].startswith("<TokenContext sub=")
     assert "eyJ" not in answer.json["repr"]
+
+
+def test_a_mark_made_after_the_first_request_takes_effect_at_once(
+    ias_emulator: IASEmulator,
+) -> None:
+    app, ext = _app(ias_emulator, IAS_PKCE_PROTECT="marked")
+    late = Blueprint("late", __name__, url_prefix="/late")
+
+    @late.get("/data")
+    def late_data() -> str:
+        return "late"
+
+    @app.get("/view")
+    def view() -> str:
+        return "view"
+
+    app.register_blueprint(late)
+    ext.init_app(app)
+    client = app.test_client()
+    assert client.get("/late/data").status_code == 200  # not marked yet: open
+    assert client.get("/view").status_code == 200
+
+    ext.protect(late)
+    ext.required(view)
+
+    assert client.get("/late/data").status_code == 401
+    assert client.get("/view").status_code == 401
+    ext.exempt(late)
+    assert client.get("/late/data").status_code == 200
+
+
+def test_init_app_twice_on_one_app_is_a_clear_error(ias_emulator: IASEmulator) -> None:
+    app, ext = _app(ias_emulator)
+    ext.init_app(app)
+    hooks = list(app.before_request_funcs[None])
+
+    with pytest.raises(RuntimeError, match="already initialised on this app"):
+        ext.init_app(app)
+    with pytest.raises(RuntimeError, match="already initialised on this app"):
+        IASPKCE().init_app(app)
+    assert app.before_request_funcs[None] == hooks
+
+
+def test_a_mark_after_an_app_is_gone_is_harmless(ias_emulator: IASEmulator) -> None:
+    app, ext = _app(ias_emulator)
+    ext.init_app(app)
+    del app
+    gc.collect()
+
+    @ext.required
+    def view() -> str:
+        return "view"
+
+    assert callable(view)

@@ -3,7 +3,9 @@ once per IAS token, and a refusing XSUAA is a clean 502."""
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -226,6 +228,27 @@ def xsuaa_claims(ias: IASEmulator, **changes: Any) -> dict[str, Any]:
     return claims
 
 
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def nested_json(depth: int = 1500) -> str:
+    return '{"alg": "RS256", "kid": "k", "x": ' + "[" * depth + "]" * depth + "}"
+
+
+def sign_nested_xsuaa(ias: IASEmulator, depth: int = 1500) -> str:
+    # json.dumps recurses too: give it room to write what the parser must refuse.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10 * depth)
+    try:
+        deep: list[Any] = []
+        for _ in range(depth):
+            deep = [deep]
+        return ias.sign_xsuaa({**xsuaa_claims(ias), "deep": deep})
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 @pytest.mark.parametrize(
     ("forge", "reason"),
     [
@@ -239,6 +262,12 @@ def xsuaa_claims(ias: IASEmulator, **changes: Any) -> dict[str, Any]:
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, iss=None)), "xsuaa_issuer_untrusted"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=int(time.time()) - 600)), "expired"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, aud=["another-app"])), "xsuaa_audience"),
+        # The same rules as for IAS tokens: hostile nesting and numbers (issue 11).
+        (lambda ias: f"{b64(nested_json())}.e30.e30", "xsuaa_malformed_token"),
+        (lambda ias: sign_nested_xsuaa(ias), "xsuaa_malformed_token"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=10**400)), "xsuaa_exp_malformed"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=float("nan"))), "xsuaa_malformed"),
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=float("inf"))), "xsuaa_malformed"),
         (
             lambda ias: ".".join(
                 ias.sign_xsuaa(xsuaa_claims(ias)).split(".")[:2]

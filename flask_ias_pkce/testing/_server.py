@@ -12,6 +12,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,8 @@ class Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    #: Seconds between the bytes of the head after the status line (0: all at once).
+    header_interval: float = 0.0
 
 
 Application = Callable[[Request], Response]
@@ -113,8 +116,23 @@ class _RequestHandler(BaseHTTPRequestHandler):
         for name, value in response.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
+        if response.header_interval > 0:
+            self._send_head_slowly(response.header_interval)
+        else:
+            self.end_headers()
         self.wfile.write(response.body)
+
+    def _send_head_slowly(self, interval: float) -> None:
+        # The status line at once, then the headers a byte at a time: each byte comes well
+        # within a client's read timeout, the whole head as late as the test likes.
+        buffer: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+        head = b"".join([*buffer, b"\r\n"])
+        buffer.clear()
+        status_line = head.index(b"\r\n") + 2
+        self.wfile.write(head[:status_line])
+        for index in range(status_line, len(head)):
+            time.sleep(interval)
+            self.wfile.write(head[index : index + 1])
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve  # noqa: N815 (stdlib names)
 

@@ -108,6 +108,7 @@ class _Fault:
     delay: float
     drop: bool
     remaining: int
+    header_interval: float = 0.0
 
 
 class IASEmulator:
@@ -654,6 +655,7 @@ class IASEmulator:
         delay: float = 0.0,
         drop: bool = False,
         times: int = 1,
+        header_interval: float = 0.0,
     ) -> None:
         """Make the next ``times`` requests to ``path`` fail.
 
@@ -662,6 +664,8 @@ class IASEmulator:
         (a mapping is sent as JSON) and ``headers``. With neither ``status``, ``body`` nor
         ``drop``, the request is only delayed and then answered normally. Faults queue up
         per path in the order injected. ``path`` is matched without the query string.
+        With ``header_interval``, the answer's status line goes out at once and each byte
+        of its headers ``header_interval`` seconds after the one before (a slow proxy).
         """
         if times < 1:
             raise ValueError("times must be at least 1")
@@ -670,7 +674,7 @@ class IASEmulator:
             headers = {"Content-Type": "application/json", **(headers or {})}
         elif isinstance(body, str):
             body = body.encode()
-        fault = _Fault(status, body, dict(headers or {}), delay, drop, times)
+        fault = _Fault(status, body, dict(headers or {}), delay, drop, times, header_interval)
         with self._lock:
             self._faults.setdefault(path, []).append(fault)
 
@@ -704,6 +708,8 @@ class IASEmulator:
             response = Response(fault.status or 200, fault.body or b"", fault.headers, fault.drop)
         else:
             response = self._tenant.route(request, params)
+        if fault is not None:
+            response.header_interval = fault.header_interval
         self._record(request, params, None if response.drop else response.status)
         return response
 
