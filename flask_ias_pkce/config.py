@@ -45,17 +45,27 @@ class Settings:
     negative_ttl: int
     l1_size: int
     bindings: Bindings
+    #: The ``app_tid`` values whose tokens are accepted; ``None``: any tenant's.
+    tenants: frozenset[str] | None = None
 
     def cache_scope(self) -> str:
         """A short name of the settings that decide whether a token is accepted and which
         token an entry holds: part of every cache key, so that apps (or versions of one
-        app) with other settings never serve each other's entries from a shared cache."""
+        app) with other settings never serve each other's entries from a shared cache.
+
+        It names every IAS binding in routing order: a token is routed to one binding by
+        its ``aud`` alone, so under one scope a token's entry is always that binding's,
+        and the cache hit needs no routing.
+        """
         xsuaa = self.bindings.xsuaa
         material = json.dumps(
             [
-                self.bindings.identity.client_id,
-                sorted(self.bindings.identity.domains),
+                [
+                    [identity.client_id, sorted(identity.domains), identity.url]
+                    for identity in self.bindings.identities
+                ],
                 sorted(self.accepted_audiences),
+                sorted(self.tenants) if self.tenants is not None else None,
                 self.xsuaa_client_id,
                 xsuaa.client_id if xsuaa is not None else None,
                 self.use_token,
@@ -126,6 +136,18 @@ def _audiences(config: Mapping[str, Any], default: str) -> frozenset[str]:
     return frozenset(items)
 
 
+def _tenants(config: Mapping[str, Any]) -> frozenset[str] | None:
+    value = config["IAS_PKCE_TENANTS"]
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise ConfigError("IAS_PKCE_TENANTS must be an app_tid or a list of them")
+    return frozenset(items)
+
+
 def is_enabled(config: Mapping[str, Any]) -> bool:
     """``IAS_PKCE_ENABLED``, checked: read before anything else, as off means that no
     binding is looked up."""
@@ -165,6 +187,13 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
 def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
     """Check every ``IAS_PKCE_*`` key and return the :class:`Settings`."""
     values = with_defaults(config)
+    if len(bindings.identities) > 1 and values["IAS_PKCE_ACCEPTED_AUDIENCES"] is not None:
+        # Tokens are routed by the binding's client id in their aud, the only audience IAS
+        # exchanges a token for; another accepted audience could route nowhere.
+        raise ConfigError(
+            "IAS_PKCE_ACCEPTED_AUDIENCES applies to one IAS binding; with several, each "
+            "accepts the tokens whose aud holds its client id"
+        )
     realm = values["IAS_PKCE_REALM"]
     if not isinstance(realm, str) or not realm.isprintable() or '"' in realm or "\\" in realm:
         raise ConfigError("IAS_PKCE_REALM must be printable text without quotes")
@@ -184,4 +213,5 @@ def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
         negative_ttl=_integer(values, "IAS_PKCE_NEGATIVE_TTL", 1, 3600),
         l1_size=_integer(values, "IAS_PKCE_L1_SIZE", 0, 1_000_000),
         bindings=bindings,
+        tenants=_tenants(values),
     )

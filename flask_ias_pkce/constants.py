@@ -22,6 +22,9 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_ENABLED": True,
     "IAS_PKCE_PROTECT": "all",
     "IAS_PKCE_BINDING_NAME": None,
+    "IAS_PKCE_BINDINGS": None,
+    "IAS_PKCE_XSUAA_BINDING_NAME": None,
+    "IAS_PKCE_TENANTS": None,
     "IAS_PKCE_IAS_URL": None,
     "IAS_PKCE_CLIENT_ID": None,
     "IAS_PKCE_CLIENT_SECRET": None,
@@ -66,8 +69,20 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
     '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
     "``@ias.required`` do.",
-    "IAS_PKCE_BINDING_NAME": "Which ``identity`` service binding to use when several are "
-    "bound (its name or instance name).",
+    "IAS_PKCE_BINDING_NAME": "Which ``identity`` service bindings to use: a name (or "
+    "instance name) or a list of them, in the order tokens are routed to them. Default: "
+    "every binding of the first source that has any, in the order found. Needed when one "
+    "IAS application is bound twice. See :doc:`multitenancy`.",
+    "IAS_PKCE_BINDINGS": "Several IAS bindings given explicitly: a list of dicts shaped "
+    "like the binding credentials (``clientid``, ``certificate`` and ``key`` or "
+    "``clientsecret``, ``url``, ``domains``, ``app_tid``, ``credential-type``), each with "
+    "a ``name``. Used before ``VCAP_SERVICES`` and ``$SERVICE_BINDING_ROOT``.",
+    "IAS_PKCE_XSUAA_BINDING_NAME": "Which ``xsuaa`` binding gives the XSUAA client id and "
+    "the second hop when several are bound. Default: the only one, else the one of plan "
+    "``broker``, else the one of plan ``application``; else ``init_app`` fails naming them.",
+    "IAS_PKCE_TENANTS": "Allow-list of tenant ids (``app_tid``, a string or a list): a "
+    "token of any other tenant is refused with 401 ``invalid_token`` (reason "
+    "``tenant_not_allowed``) before any call to IAS. Default: every tenant.",
     "IAS_PKCE_IAS_URL": "The IAS tenant's URL. Setting it (or ``IAS_PKCE_CLIENT_ID``) makes "
     "the configuration the binding: service bindings are then not read for IAS.",
     "IAS_PKCE_CLIENT_ID": "The client id of the app's own IAS application, the one that "
@@ -80,14 +95,16 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "into memory once; never logged.",
     "IAS_PKCE_DOMAINS": "Trusted IAS domains: a token's issuer must be one of them or one "
     "label below (its tenant). Default: the binding's ``domains``, else the URL's host.",
-    "IAS_PKCE_APP_TID": "The IAS tenant id sent as ``app_tid`` with exchanges when the "
-    "token carries none. Default: the binding's ``app_tid``.",
+    "IAS_PKCE_APP_TID": "The IAS tenant id sent as ``app_tid`` with exchanges of the "
+    "binding's own tenant's tokens when they carry none (never for a subscriber's token). "
+    "Default: the binding's ``app_tid``.",
     "IAS_PKCE_XSUAA_CLIENT_ID": "The XSUAA client id the exchanged token's ``aud`` must "
     "hold. Default: the ``clientid`` of the bound ``xsuaa`` service.",
     "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) a token's ``aud`` must "
     "hold one of. Default: the binding's client id, the only one IAS exchanges tokens for: "
     "the mobile app signs in with it (one IAS application). Any other id is logged as a "
-    "warning at ``init_app``.",
+    "warning at ``init_app``. With several IAS bindings it cannot be set: each binding "
+    "accepts its own client id.",
     "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
     '``"id_token"`` or ``"access_token"``.',
     "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "

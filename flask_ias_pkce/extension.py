@@ -28,7 +28,7 @@ from werkzeug.utils import ImportStringError, import_string
 from . import http, signals
 from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
-from .bindings import Bindings, load_bindings
+from .bindings import Bindings, IdentityBinding, load_bindings
 from .cache import TokenCache
 from .config import (
     ConfigError,
@@ -43,7 +43,7 @@ from .context import TokenContext, current_token, resolve_g
 from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
-from .service import Authenticator
+from .service import Authenticator, Route
 from .verify import JWKSCache, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
@@ -160,23 +160,9 @@ class IASPKCE:
         policy = http.HttpPolicy(
             verify=settings.verify, timeout=settings.timeout, retries=settings.retries
         )
-        exchanger = ExchangeClient(bindings.identity, policy=policy, use_token=settings.use_token)
-        # An issuer may name no port, 443, or the binding URL's own port; no other.
-        ports = (None, 443, urlsplit(bindings.identity.url).port)
-        keys = JWKSCache(
-            exchanger.session,
-            policy=policy,
-            client_id=bindings.identity.client_id,
-            clock=self._clock,
-            home_issuer=_home_issuer(bindings, ports),
-        )
-        verifier = TokenVerifier(
-            keys,
-            domains=bindings.identity.domains,
-            leeway=settings.leeway,
-            clock=self._clock,
-            ports=ports,
-        )
+        routes = [
+            _route(identity, settings, policy, self._clock) for identity in bindings.identities
+        ]
         backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
         token_cache = TokenCache(
             backend,
@@ -195,28 +181,31 @@ class IASPKCE:
                 cache=token_cache,
                 leeway=settings.leeway,
                 clock=self._clock,
-                app_tid=bindings.identity.app_tid,
+                # The x-zid for a token without app_tid: its binding's, when all agree.
+                app_tid=_common_app_tid(bindings),
             )
             if bindings.xsuaa is not None and hop_possible(bindings.xsuaa)
             else None
         )
         authenticator = Authenticator(
             settings,
-            verifier=verifier,
-            exchanger=exchanger,
+            routes=routes,
             cache=token_cache,
             clock=self._clock,
             xsuaa=xsuaa_hop,
         )
-        state = _State(settings, authenticator, keys, policy, xsuaa=xsuaa_hop)
+        state = _State(settings, authenticator, routes[0].keys, policy, xsuaa=xsuaa_hop)
         _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
         app.before_request(self._hook(state))
         logger.info(
-            "flask-ias-pkce ready: binding from %s, %s, cache %s, XSUAA hop %s",
-            bindings.identity.source,
-            "mTLS" if bindings.identity.uses_certificate else "client secret",
+            "flask-ias-pkce ready: binding%s from %s, cache %s, XSUAA hop %s",
+            "s" if len(routes) > 1 else "",
+            "; ".join(
+                f"{identity.source} ({'mTLS' if identity.uses_certificate else 'client secret'})"
+                for identity in bindings.identities
+            ),
             type(backend).__name__,
             "off" if xsuaa_hop is None else "mTLS" if xsuaa_hop.uses_certificate else "secret",
         )
@@ -475,6 +464,45 @@ class IASPKCE:
         return session
 
 
+def _route(
+    identity: IdentityBinding,
+    settings: Settings,
+    policy: http.HttpPolicy,
+    clock: Callable[[], float],
+) -> Route:
+    """What serves one IAS binding alone: its own session (client certificate), key sets,
+    verifier and accepted audiences."""
+    exchanger = ExchangeClient(identity, policy=policy, use_token=settings.use_token)
+    url = urlsplit(identity.url)
+    # An issuer may name no port, 443, or the binding URL's own port; no other.
+    ports = (None, 443, url.port)
+    keys = JWKSCache(
+        exchanger.session,
+        policy=policy,
+        client_id=identity.client_id,
+        clock=clock,
+        home_issuer=_home_issuer(identity, ports),
+    )
+    verifier = TokenVerifier(
+        keys, domains=identity.domains, leeway=settings.leeway, clock=clock, ports=ports
+    )
+    # With one binding the accepted audiences are the settings'; with several, each
+    # binding's own client id (config refuses IAS_PKCE_ACCEPTED_AUDIENCES then).
+    audiences = (
+        settings.accepted_audiences
+        if len(settings.bindings.identities) == 1
+        else frozenset((identity.client_id,))
+    )
+    port = f":{url.port}" if url.port not in (None, 443) else ""
+    home_issuer = f"https://{(url.hostname or '').lower()}{port}"
+    return Route(identity, keys, verifier, exchanger, audiences, home_issuer)
+
+
+def _common_app_tid(bindings: Bindings) -> str | None:
+    tenants = {identity.app_tid for identity in bindings.identities}
+    return tenants.pop() if len(tenants) == 1 else None
+
+
 def _token_in_query(current: Request) -> bool:
     """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
     query = current.query_string
@@ -484,12 +512,12 @@ def _token_in_query(current: Request) -> bool:
     return "access_token" in current.args
 
 
-def _home_issuer(bindings: Bindings, ports: tuple[int | None, ...]) -> str | None:
+def _home_issuer(identity: IdentityBinding, ports: tuple[int | None, ...]) -> str | None:
     """The origin of the binding's own tenant, whose keys are trusted to be real from the
     start (None when the binding URL is outside its own domains)."""
     try:
-        domains = [domain.lower() for domain in bindings.identity.domains]
-        return issuer_origin(bindings.identity.url, domains, ports)
+        domains = [domain.lower() for domain in identity.domains]
+        return issuer_origin(identity.url, domains, ports)
     except InvalidToken:
         return None
 

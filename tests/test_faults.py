@@ -872,7 +872,9 @@ def test_rsa_key_under_2048_bits_in_the_jwks_verifies_nothing(ias_emulator: IASE
     weak, weak_jwk = rsa_jwk("weak", 1024)
     ias_emulator.inject(JWKS_PATH, body={"keys": [*ias_emulator.jwks["keys"], weak_jwk]}, times=5)
     app = build_app(ias_emulator)
-    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token())
+    # A passthrough token: nothing but our own check stands between it and the view.
+    passthrough = [ias_emulator.public_client_id, ias_emulator.xsuaa_client_id]
+    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token(aud=passthrough))
     pem = weak.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -92,11 +92,14 @@ def make_ca(common_name: str) -> Issued:
     return Issued(certificate, key)
 
 
-def issue(ca: Issued, common_name: str, *, server: bool) -> Issued:
+def issue(
+    ca: Issued, common_name: str, *, server: bool, extra_hosts: tuple[str, ...] = ()
+) -> Issued:
     """Issue a leaf certificate signed by ``ca``.
 
-    A server certificate names ``localhost`` and ``127.0.0.1`` (the emulator's URL uses the
-    name, its socket the address); a client certificate carries ``common_name`` as subject
+    A server certificate names ``localhost``, ``extra_hosts`` (the subscriber tenants'
+    hosts) and ``127.0.0.1`` (the emulator's URL uses the name, its socket the address); a
+    client certificate carries ``common_name`` as subject
     CN, which is how IAS recognises the application of an X.509 binding.
     """
     key = ec.generate_private_key(ec.SECP256R1())
@@ -113,7 +116,11 @@ def issue(ca: Issued, common_name: str, *, server: bool) -> Issued:
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    *(x509.DNSName(host) for host in extra_hosts),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )

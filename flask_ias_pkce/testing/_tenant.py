@@ -141,6 +141,7 @@ class Tenant:
         app_tid: str,
         extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
+        extra_clients: Mapping[str, str] | None = None,
         allowed_origins: Iterable[str] = (),
     ) -> None:
         self.issuer = ""  # known once the server has a port
@@ -160,6 +161,9 @@ class Tenant:
         self.app_tid = app_tid
         self.app_tids = frozenset((app_tid, *extra_app_tids))
         self.users = {hint: dict(claims) for hint, claims in users.items()}
+        #: Further applications of the tenant (client id: secret), each a public client of
+        #: its own that exchanges its own tokens, as a second ``identity`` instance is.
+        self.extra_clients = dict(extra_clients or {})
         for hint, user in self.users.items():
             scopes = user.get(XSUAA_SCOPES)
             if scopes is not None and (
@@ -325,7 +329,7 @@ class Tenant:
     @property
     def client_ids(self) -> frozenset[str]:
         """The applications of this tenant: the app's and, when separate, the public one."""
-        return frozenset((self.client_id, self.public_client_id))
+        return frozenset((self.client_id, self.public_client_id, *self.extra_clients))
 
     def _discovery(self, request: Request, params: Params) -> Response:
         return json_response(
@@ -447,21 +451,27 @@ class Tenant:
             "expires_in": self.token_lifetime,
         }
 
-    def _authenticate(self, request: Request, form: dict[str, str]) -> None:
+    def _authenticate(self, request: Request, form: dict[str, str]) -> str:
+        """Authenticate the application that calls; return its client id."""
+        secrets_by_client = {self.client_id: self.client_secret, **self.extra_clients}
         if self.credential_type == "SECRET":
             basic = basic_credentials(request.headers.get("authorization"))
             if basic is None and "client_secret" not in form:
                 raise _OAuthError("invalid_client", "client authentication is required", 401)
             client_id, secret = basic or (form.get("client_id", ""), form["client_secret"])
-            good_secret = hmac.compare_digest(secret.encode(), self.client_secret.encode())
-            if client_id != self.client_id or not good_secret:
+            expected = secrets_by_client.get(client_id, "")
+            good_secret = hmac.compare_digest(secret.encode(), expected.encode())
+            if not expected or not good_secret:
                 raise _OAuthError("invalid_client", "client authentication failed", 401)
         elif request.client_cn is None:
             raise _OAuthError("invalid_client", "a client certificate is required", 401)
-        elif request.client_cn != self.client_id:
+        elif request.client_cn not in secrets_by_client:
             raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
-        if form.get("client_id", self.client_id) != self.client_id:
+        else:
+            client_id = request.client_cn
+        if form.get("client_id", client_id) != client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
+        return client_id
 
     def _verify_assertion(self, assertion: str) -> dict[str, Any]:
         with self._lock:
@@ -482,7 +492,7 @@ class Tenant:
 
     def _jwt_bearer_grant(self, request: Request, form: dict[str, str]) -> dict[str, Any]:
         # Client first: an unauthenticated caller learns nothing about its assertion.
-        self._authenticate(request, form)
+        requester = self._authenticate(request, form)
         if not form.get("assertion"):
             raise _OAuthError("invalid_request", "assertion is missing")
         access_format = form.get("token_format", "opaque")  # IAS's default for this grant
@@ -491,6 +501,8 @@ class Tenant:
         if form.get("app_tid", self.app_tid) not in self.app_tids:
             raise _OAuthError("invalid_request", "unknown app_tid")
         public = self._verify_assertion(form["assertion"])
+        # The new token is for the tenant the request names, else the assertion's.
+        tenant = form.get("app_tid", public.get("app_tid", self.app_tid))
         # The same documentation: "audience: must contain the client ID of the requested
         # application in aud". A public client registered as an application of its own
         # gets tokens with only its own id in aud (IAS adds no dependent application's id
@@ -498,11 +510,11 @@ class Tenant:
         # wording of IAS's error_description is unconfirmed; the emulator names both ids.
         audience = public.get("aud")
         audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.client_id not in audiences:
+        if not isinstance(audiences, list) or requester not in audiences:
             raise _OAuthError(
                 "invalid_grant",
                 f"assertion refused: its aud {audience!r} does not contain the client id "
-                f"{self.client_id!r} of the requesting application",
+                f"{requester!r} of the requesting application",
             )
         user = self._user_claims(self._find_user(public))
         now = int(self.clock())
@@ -512,8 +524,9 @@ class Tenant:
             # The new token speaks of the user as the tenant knows them, not as the
             # assertion put it.
             **user,
-            "aud": [self.client_id, self.xsuaa_client_id],
-            "azp": self.client_id,
+            "app_tid": tenant,
+            "aud": [requester, self.xsuaa_client_id],
+            "azp": requester,
             "iat": now,
             "exp": now + self.exchanged_token_lifetime,
             "jti": str(uuid.uuid4()),
