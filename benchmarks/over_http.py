@@ -6,12 +6,13 @@ same app's exempt view, so the requests-per-second ratio is the cost of our hook
 hit inside a real server, with HTTP parsing, the WSGI stack and the kernel around it. One
 server keeps tokens in process, another in Redis with the in-process tier, and a third
 runs gunicorn's ``gevent`` worker (in-process cache, keep-alive connections); each
-protected route is compared with the bare route of its own server. ``wrk`` drives each route for a
-fixed time, the routes taking turns, for several rounds; the figure is the median of the
-rounds' protected/bare ratios. Every worker exchanges the token once during a warm-up, so
-the timed requests are cache hits. The first two servers run gunicorn's default sync
-workers (a connection per request). On a 2-core machine that also runs ``wrk``, one run's figure
-varies by up to ±10 %, hence the pairing by round and the median.
+protected route is compared with the bare route of its own server. ``wrk`` drives each
+route for a fixed time, a server's two routes back to back (which one first alternates),
+for several rounds; the figure is the median of the rounds' protected/bare ratios. Every
+worker exchanges the token once during a warm-up, so the timed requests are cache hits.
+The first two servers run gunicorn's default sync workers (a connection per request). On
+a 2-core machine that also runs ``wrk`` and other jobs, one run's figure varies by ±10 %
+and more, hence the pairing and the median.
 """
 
 from __future__ import annotations
@@ -91,18 +92,24 @@ def measure(*, rounds: int, seconds: int) -> dict[tuple[str, str], list[float]]:
             for url in urls.values():
                 drive(wrk, url, token, 1)  # warm-up: each worker exchanges and caches
             samples: dict[tuple[str, str], list[float]] = {name: [] for name in urls}
-            order = list(urls)
+            names = [server for server, _ in servers]
             for turn in range(rounds):
-                # Each round starts with another route, so none always follows the same one.
-                shift = turn % len(order)
-                for name in order[shift:] + order[:shift]:
-                    samples[name].append(drive(wrk, urls[name], token, seconds))
+                # A server's two routes run back to back, so that a change in the machine's
+                # load weighs on both sides of their ratio; which goes first alternates,
+                # and each round starts with another server.
+                shift = turn % len(names)
+                routes = (BARE, PROTECTED) if turn % 2 == 0 else (PROTECTED, BARE)
+                for server in names[shift:] + names[:shift]:
+                    for route in routes:
+                        samples[server, route].append(
+                            drive(wrk, urls[server, route], token, seconds)
+                        )
     return samples
 
 
 def figures(quick: bool = False) -> Sequence[Figure]:
     """Median requests per second of each route and the protected/bare ratios."""
-    rounds, seconds = (1, 1) if quick else (7, 3)
+    rounds, seconds = (1, 1) if quick else (10, 2)
     samples = measure(rounds=rounds, seconds=seconds)
     lines = [
         Figure(SECTION, "wrk runs per route (interleaved)", f"{rounds} x {seconds} s"),

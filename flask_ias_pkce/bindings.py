@@ -71,6 +71,10 @@ class IdentityBinding(_MaskedRepr):
     app_tid: str | None
     credential_type: str | None
     source: str
+    #: The binding's name (instance name, folder or ``name`` of ``IAS_PKCE_BINDINGS``).
+    name: str = ""
+    #: The binding's ``certificate_expires_at`` as given (ISO 8601), when it has one.
+    certificate_expires_at: str | None = None
 
     @property
     def uses_certificate(self) -> bool:
@@ -98,12 +102,18 @@ class XsuaaBinding(_MaskedRepr):
 
 @dataclass(frozen=True, repr=False)
 class Bindings:
-    """Everything the extension takes from the app's service bindings."""
+    """Everything the extension takes from the app's service bindings.
+
+    ``identities`` are the IAS bindings in the order tokens are routed to them (the order
+    of ``IAS_PKCE_BINDING_NAME``, else the order in which they were found); ``identity``
+    is the first of them.
+    """
 
     identity: IdentityBinding
     xsuaa: XsuaaBinding | None
     xsuaa_client_id: str
     redis_url: str | None
+    identities: tuple[IdentityBinding, ...]
     #: The bound Redis runs in cluster mode (the ``redis-cache`` binding's ``cluster_mode``).
     redis_cluster: bool = False
 
@@ -114,7 +124,7 @@ class Bindings:
             parts = urlsplit(redis_url)
             redis_url = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
         return (
-            f"Bindings(identity={self.identity!r}, xsuaa={self.xsuaa!r}, "
+            f"Bindings(identities={self.identities!r}, xsuaa={self.xsuaa!r}, "
             f"xsuaa_client_id={self.xsuaa_client_id!r}, redis_url={redis_url!r}, "
             f"redis_cluster={self.redis_cluster!r})"
         )
@@ -128,6 +138,7 @@ class _Found:
     names: tuple[str, ...]
     credentials: Mapping[str, Any]
     source: str
+    plan: str | None = None
 
 
 def read_pem(value: str, *, name: str = "PEM value") -> str:
@@ -170,22 +181,21 @@ def load_bindings(
         base = Path(legacy)
         for service in sorted(base.iterdir()) if base.is_dir() else []:
             groups.append(_folder_bindings(service, str(service), label=service.name))
-    identity = _identity(config, groups, root)
+    identities = _identities(config, groups, root)
     xsuaa, xsuaa_client_id = _xsuaa_choice(config, groups, root)
     several = "set IAS_PKCE_CACHE_REDIS_URL or unbind all but one"
     quiet = _text_setting(config, "IAS_PKCE_CACHE_REDIS_URL") is not None
-    redis_found = _select(groups, _REDIS_LABELS, None, several, quiet)
+    redis_found = _select(groups, _REDIS_LABELS, several, quiet)
     redis_url = _redis_url(redis_found) if redis_found else None
     redis_cluster = _flag(redis_found.credentials.get("cluster_mode")) if redis_found else False
-    return Bindings(identity, xsuaa, xsuaa_client_id, redis_url, redis_cluster)
+    return Bindings(identities[0], xsuaa, xsuaa_client_id, redis_url, identities, redis_cluster)
 
 
 def _xsuaa_choice(
     config: Mapping[str, Any], groups: list[list[_Found]], root: str | None
 ) -> tuple[XsuaaBinding | None, str]:
     client_id = _text_setting(config, "IAS_PKCE_XSUAA_CLIENT_ID")
-    several = "set IAS_PKCE_XSUAA_CLIENT_ID or unbind all but one"
-    found = _select(groups, {"xsuaa"}, None, several, quiet=client_id is not None)
+    found = _xsuaa_binding(config, groups)
     xsuaa = _xsuaa(found) if found else None
     if client_id is not None:
         return xsuaa, client_id
@@ -197,19 +207,140 @@ def _xsuaa_choice(
     return xsuaa, xsuaa.client_id
 
 
-def _identity(
+def _xsuaa_binding(config: Mapping[str, Any], groups: list[list[_Found]]) -> _Found | None:
+    """The xsuaa binding for the audience check and the second hop.
+
+    ``IAS_PKCE_XSUAA_BINDING_NAME`` when set; else the only one; else the one of plan
+    ``broker``, then of plan ``application`` (the rule of SAP's Java library,
+    ``getXsuaaConfigurationForTokenExchange``); else an error naming the candidates: several
+    bindings never silently turn the second hop off.
+    """
+    candidates = [[found for found in group if found.label == "xsuaa"] for group in groups]
+    everyone = [found for group in candidates for found in group]
+    wanted = _text_setting(config, "IAS_PKCE_XSUAA_BINDING_NAME")
+    if wanted is not None:
+        named = [found for found in everyone if wanted in found.names]
+        if not named:
+            raise BindingError(
+                f"IAS_PKCE_XSUAA_BINDING_NAME={wanted!r} matches no xsuaa binding; found: "
+                f"{', '.join(found.names[0] for found in everyone if found.names) or 'none'}"
+            )
+        return named[0]
+    group = next((group for group in candidates if group), [])
+    if len(group) <= 1:
+        return group[0] if group else None
+    for plan in ("broker", "application"):
+        of_plan = [found for found in group if (found.plan or "").lower() == plan]
+        if len(of_plan) == 1:
+            return of_plan[0]
+        if of_plan:
+            group = of_plan
+            break
+    raise BindingError(
+        f"Several xsuaa bindings ({', '.join(_described(found) for found in group)}) and no "
+        "rule picks one: set IAS_PKCE_XSUAA_BINDING_NAME to one of them (without it, the one "
+        "of plan 'broker' is used, else the one of plan 'application')"
+    )
+
+
+def _described(found: _Found) -> str:
+    return f"{found.source} plan {found.plan or '(unknown)'}"
+
+
+def _identities(
     config: Mapping[str, Any], groups: list[list[_Found]], root: str | None
-) -> IdentityBinding:
+) -> tuple[IdentityBinding, ...]:
+    """The IAS bindings, in the order tokens are routed to them."""
     url = _text_setting(config, "IAS_PKCE_IAS_URL")
     client_id = _text_setting(config, "IAS_PKCE_CLIENT_ID")
+    explicit = _configured_bindings(config)
     if url is not None or client_id is not None:
-        return _identity_from({"url": url, "clientid": client_id}, _CONFIG, config)
-    wanted = _text_setting(config, "IAS_PKCE_BINDING_NAME")
-    several = "set IAS_PKCE_BINDING_NAME to one of them"
-    found = _select(groups, {"identity"}, wanted, several, quiet=False)
-    if found is None:
+        if explicit:
+            raise BindingError(
+                "Set either IAS_PKCE_IAS_URL/IAS_PKCE_CLIENT_ID (one binding) or "
+                "IAS_PKCE_BINDINGS (several), not both"
+            )
+        return (_identity_from({"url": url, "clientid": client_id}, _CONFIG, config, ""),)
+    sources = [explicit, *groups] if explicit else groups
+    candidates = [[found for found in group if found.label == "identity"] for group in sources]
+    wanted = _binding_names(config)
+    if wanted is None:
+        chosen = next((group for group in candidates if group), [])
+    else:
+        everyone = [found for group in candidates for found in group]
+        chosen = []
+        for name in wanted:
+            named = [found for found in everyone if name in found.names]
+            if not named:
+                found_names = ", ".join(found.names[0] for found in everyone if found.names)
+                raise BindingError(
+                    f"IAS_PKCE_BINDING_NAME {name!r} matches no identity binding; "
+                    f"found: {found_names or 'none'}"
+                )
+            if named[0] not in chosen:
+                chosen.append(named[0])
+    if not chosen:
         raise BindingError(f"No IAS (identity) service binding found. Looked in: {_places(root)}")
-    return _identity_from(found.credentials, found.source, config)
+    if len(chosen) > 1:
+        overrides = [key for key in _OVERRIDES.values() if config.get(key) not in (None, "")]
+        if overrides:
+            raise BindingError(
+                f"{', '.join(overrides)} would apply to every one of several identity "
+                "bindings; set the values per binding in IAS_PKCE_BINDINGS instead"
+            )
+    identities = tuple(
+        _identity_from(found.credentials, found.source, config, found.names[0]) for found in chosen
+    )
+    if wanted is None:
+        _refuse_same_client(identities)
+    return identities
+
+
+def _binding_names(config: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = config.get("IAS_PKCE_BINDING_NAME")
+    if value is None or value == "":
+        return None
+    names = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(names, list | tuple)
+        or not names
+        or not all(isinstance(name, str) and name for name in names)
+    ):
+        raise BindingError("app.config IAS_PKCE_BINDING_NAME must be a name or a list of names")
+    return tuple(names)
+
+
+def _configured_bindings(config: Mapping[str, Any]) -> list[_Found]:
+    """``IAS_PKCE_BINDINGS``: identity bindings given as credentials, each with a name."""
+    value = config.get("IAS_PKCE_BINDINGS")
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not value:
+        raise BindingError("app.config IAS_PKCE_BINDINGS must be a list of binding dicts")
+    found: list[_Found] = []
+    for index, entry in enumerate(value):
+        where = f"app.config IAS_PKCE_BINDINGS[{index}]"
+        if not isinstance(entry, Mapping):
+            raise BindingError(f"{where} must be a dict of binding credentials")
+        name = _required(_text(entry.get("name"), f"'name' of {where}"), f"'name' of {where}")
+        source = f"app.config IAS_PKCE_BINDINGS {name!r}"
+        if any(name in other.names for other in found):
+            raise BindingError(f"{source} is named twice in IAS_PKCE_BINDINGS")
+        found.append(_Found("identity", (name,), dict(entry), source))
+    return found
+
+
+def _refuse_same_client(identities: Sequence[IdentityBinding]) -> None:
+    seen: dict[str, IdentityBinding] = {}
+    for identity in identities:
+        first = seen.setdefault(identity.client_id, identity)
+        if first is not identity:
+            raise BindingError(
+                f"{first.source} and {identity.source} are bindings of the same IAS "
+                f"application (client id {identity.client_id!r}), so a token cannot say "
+                "which one it is for: unbind one, or set IAS_PKCE_BINDING_NAME to the "
+                "bindings to use, in order"
+            )
 
 
 def _places(root: str | None, label: str = "identity") -> str:
@@ -222,7 +353,6 @@ def _places(root: str | None, label: str = "identity") -> str:
 def _select(
     groups: list[list[_Found]],
     labels: set[str] | frozenset[str],
-    wanted: str | None,
     several: str,
     quiet: bool,
 ) -> _Found | None:
@@ -232,14 +362,6 @@ def _select(
     unnecessary.
     """
     candidates = [[found for found in group if found.label in labels] for group in groups]
-    everyone = [name for group in candidates for found in group for name in found.names[:1]]
-    if wanted is not None:
-        candidates = [[found for found in group if wanted in found.names] for group in candidates]
-        if not any(candidates):
-            raise BindingError(
-                f"IAS_PKCE_BINDING_NAME={wanted!r} matches no {'/'.join(sorted(labels))} "
-                f"binding; found: {', '.join(everyone) or 'none'}"
-            )
     group = next((group for group in candidates if group), [])
     if len(group) > 1:
         if quiet:
@@ -252,7 +374,7 @@ def _select(
 
 
 def _identity_from(
-    credentials: Mapping[str, Any], source: str, config: Mapping[str, Any]
+    credentials: Mapping[str, Any], source: str, config: Mapping[str, Any], name: str
 ) -> IdentityBinding:
     merged = dict(credentials)
     settings = {"url": "IAS_PKCE_IAS_URL", "clientid": "IAS_PKCE_CLIENT_ID"}
@@ -285,6 +407,8 @@ def _identity_from(
         app_tid=text("app_tid") or text("zone_uuid"),
         credential_type=credential_type,
         source=source,
+        name=name,
+        certificate_expires_at=text("certificate_expires_at"),
     )
     _check_credentials(binding)
     return binding
@@ -413,7 +537,9 @@ def _vcap_bindings(environ: Mapping[str, str]) -> list[_Found]:
             source = f"VCAP_SERVICES {label} {names[0] if names else '?'!r}"
             if not isinstance(service.credentials, dict):
                 raise BindingError(f"'credentials' of {source} is not an object")
-            found.append(_Found(label, names, service.credentials, source))
+            plan = entry.get("plan")
+            plan = plan if isinstance(plan, str) else None
+            found.append(_Found(label, names, service.credentials, source, plan))
     return found
 
 
@@ -447,7 +573,8 @@ def _read_folder(folder: Path, source: str, label: str | None) -> _Found:
         credentials.update(nested)
     kind = label or credentials.get("type") or credentials.get("label") or ""
     names = tuple(str(n) for n in (folder.name, credentials.get("instance_name")) if n)
-    return _Found(str(kind), names, credentials, source)
+    plan = credentials.get("plan")
+    return _Found(str(kind), names, credentials, source, plan if isinstance(plan, str) else None)
 
 
 def _metadata(folder: Path, source: str) -> tuple[set[str], set[str]]:

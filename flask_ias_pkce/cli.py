@@ -33,8 +33,10 @@ from .bindings import BindingError
 from .cache import shared_backend
 from .config import ConfigError, foreign_audiences_warning, is_enabled
 from .constants import EXTENSION_NAME
+from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
 from .extension import _State
+from .service import Route
 
 __all__ = ["ias_pkce"]
 
@@ -144,12 +146,29 @@ def check() -> None:
 def _check() -> None:
     state = _state()
     steps = _Steps()
+    click.echo(f"flask-ias-pkce check of app {current_app.name!r}")
+    routes = state.authenticator.routes
+    for number, route in enumerate(routes, start=1):
+        if len(routes) > 1:
+            identity = route.binding
+            click.echo(
+                f"-- IAS binding {number} of {len(routes)}: {identity.name or identity.source}"
+            )
+        _check_binding(steps, state, route)
+
+    click.echo(steps.summary())
+    if steps.counts["failed"]:
+        sys.exit(1)
+
+
+def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
+    """The steps of ``flask ias-pkce check`` for one IAS binding, with its own keys and
+    client."""
     settings = state.settings
     bindings = settings.bindings
-    identity = bindings.identity
+    identity = route.binding
     method = "mTLS (certificate and key)" if identity.uses_certificate else "client secret"
-    origin = f"https://{urlsplit(identity.url).netloc}"
-    click.echo(f"flask-ias-pkce check of app {current_app.name!r}")
+    origin = route.home_issuer
 
     # What was found and where; reprs of bindings mask secrets and keys.
     steps.passed("binding", f"identity from {identity.source}, authenticates by {method}")
@@ -158,8 +177,11 @@ def _check() -> None:
         f"XSUAA client id {settings.xsuaa_client_id!r} from "
         + (bindings.xsuaa.source if bindings.xsuaa is not None else "app.config")
     )
-    steps.detail(f"accepted audiences {sorted(settings.accepted_audiences)}")
-    audience_warning = foreign_audiences_warning(settings)
+    steps.detail(f"accepted audiences {sorted(route.audiences)}")
+    _check_certificate_expiry(steps, state)
+    audience_warning = (
+        foreign_audiences_warning(settings) if len(bindings.identities) == 1 else None
+    )
     if audience_warning is not None:
         steps.warned("audience", audience_warning)
     trust = "the system CA bundle" if settings.verify is True else str(settings.verify)
@@ -167,7 +189,7 @@ def _check() -> None:
     _check_cache(steps, state)
 
     # The calls the key cache makes for the binding's own tenant, step by step.
-    keys = state.keys
+    keys = route.keys
     headers = keys.headers({"app_tid": identity.app_tid} if identity.app_tid else {})
     connected = True
     jwks_uri: str | None = None
@@ -203,13 +225,22 @@ def _check() -> None:
             steps.passed("jwks", f"{len(found)} signing key(s): {kids} ({_milliseconds(started)})")
 
     if connected:
-        _check_client_authentication(steps, state, origin, method)
+        _check_client_authentication(steps, route, origin, method)
     else:
         steps.skipped("client auth", "needs a TLS connection")
 
-    click.echo(steps.summary())
-    if steps.counts["failed"]:
-        sys.exit(1)
+
+def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
+    credentials = state.authenticator.exchanger.credentials
+    expiry = credentials.expiry()
+    if expiry is None:
+        return
+    remaining = expiry - time.time()
+    line = f"client certificate expires on {expiry_date(expiry)} (in {remaining / 86400:.1f} days)"
+    if remaining <= EXPIRY_WARNING_SECONDS:
+        steps.warned("certificate", f"{line}: renew the binding")
+    else:
+        steps.passed("certificate", line)
 
 
 def _check_cache(steps: _Steps, state: _State) -> None:
@@ -255,9 +286,9 @@ def _tls_diagnosis(origin: str, verify: bool | str, timeout: float, trust: str) 
     return "IAS's certificate is trusted, but IAS refused our client certificate"
 
 
-def _check_client_authentication(steps: _Steps, state: _State, origin: str, method: str) -> None:
-    identity = state.settings.bindings.identity
-    exchanger = state.authenticator.exchanger
+def _check_client_authentication(steps: _Steps, route: Route, origin: str, method: str) -> None:
+    identity = route.binding
+    exchanger = route.exchanger
     started = time.perf_counter()
     try:
         exchanger.exchange(CHECK_ASSERTION, issuer=origin, app_tid=identity.app_tid)

@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -54,6 +55,8 @@ class Settings:
     protect: str
     realm: str
     leeway: int
+    min_remaining: int
+    resources: tuple[str, ...]
     max_token_bytes: int
     use_token: str
     passthrough: bool
@@ -66,21 +69,33 @@ class Settings:
     l1_size: int
     cache: CacheSettings
     bindings: Bindings
+    #: The ``app_tid`` values whose tokens are accepted; ``None``: any tenant's.
+    tenants: frozenset[str] | None = None
 
     def cache_scope(self) -> str:
         """A short name of the settings that decide whether a token is accepted and which
         token an entry holds: part of every cache key, so that apps (or versions of one
-        app) with other settings never serve each other's entries from a shared cache."""
+        app) with other settings never serve each other's entries from a shared cache.
+
+        It names every IAS binding in routing order: a token is routed to one binding by
+        its ``aud`` alone, so under one scope a token's entry is always that binding's,
+        and the cache hit needs no routing.
+        """
         xsuaa = self.bindings.xsuaa
         material = json.dumps(
             [
-                self.bindings.identity.client_id,
-                sorted(self.bindings.identity.domains),
+                [
+                    [identity.client_id, sorted(identity.domains), identity.url]
+                    for identity in self.bindings.identities
+                ],
                 sorted(self.accepted_audiences),
+                sorted(self.tenants) if self.tenants is not None else None,
                 self.xsuaa_client_id,
                 xsuaa.client_id if xsuaa is not None else None,
                 self.use_token,
                 self.passthrough,
+                # A token exchanged for other resources is another token.
+                sorted(self.resources),
             ]
         )
         return hashlib.sha256(material.encode()).hexdigest()[:12]
@@ -144,6 +159,35 @@ def _audiences(config: Mapping[str, Any], default: str) -> frozenset[str]:
         or not all(isinstance(item, str) and item for item in items)
     ):
         raise ConfigError("IAS_PKCE_ACCEPTED_AUDIENCES must be a client id or a list of them")
+    return frozenset(items)
+
+
+_RESOURCE = re.compile(r"urn:[\x21-\x7e]{1,250}")
+
+
+def _resources(config: Mapping[str, Any]) -> tuple[str, ...]:
+    value = config["IAS_PKCE_RESOURCES"]
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(
+        isinstance(item, str) and _RESOURCE.fullmatch(item) for item in items
+    ):
+        raise ConfigError(
+            "IAS_PKCE_RESOURCES must be a resource URN (urn:..., no spaces) or a list of them"
+        )
+    return tuple(dict.fromkeys(items))
+
+
+def _tenants(config: Mapping[str, Any]) -> frozenset[str] | None:
+    value = config["IAS_PKCE_TENANTS"]
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise ConfigError("IAS_PKCE_TENANTS must be an app_tid or a list of them")
     return frozenset(items)
 
 
@@ -227,6 +271,13 @@ def _caller_stacklevel() -> int:
 def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
     """Check every ``IAS_PKCE_*`` key and return the :class:`Settings`."""
     values = with_defaults(config)
+    if len(bindings.identities) > 1 and values["IAS_PKCE_ACCEPTED_AUDIENCES"] is not None:
+        # Tokens are routed by the binding's client id in their aud, the only audience IAS
+        # exchanges a token for; another accepted audience could route nowhere.
+        raise ConfigError(
+            "IAS_PKCE_ACCEPTED_AUDIENCES applies to one IAS binding; with several, each "
+            "accepts the tokens whose aud holds its client id"
+        )
     realm = values["IAS_PKCE_REALM"]
     if not isinstance(realm, str) or not realm.isprintable() or '"' in realm or "\\" in realm:
         raise ConfigError("IAS_PKCE_REALM must be printable text without quotes")
@@ -235,6 +286,8 @@ def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
         protect=_choice(values, "IAS_PKCE_PROTECT", PROTECT_MODES),
         realm=realm,
         leeway=_integer(values, "IAS_PKCE_LEEWAY", 0, 300),
+        min_remaining=_integer(values, "IAS_PKCE_MIN_REMAINING", 0, 3600),
+        resources=_resources(values),
         max_token_bytes=_integer(values, "IAS_PKCE_MAX_TOKEN_BYTES", 256, 65536),
         use_token=_choice(values, "IAS_PKCE_USE_TOKEN", USE_TOKEN_CHOICES),
         passthrough=_flag(values, "IAS_PKCE_PASSTHROUGH"),
@@ -247,4 +300,5 @@ def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
         l1_size=_integer(values, "IAS_PKCE_L1_SIZE", 0, 1_000_000),
         cache=_cache_settings(config),
         bindings=bindings,
+        tenants=_tenants(values),
     )

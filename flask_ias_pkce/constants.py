@@ -23,6 +23,9 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_ENABLED": True,
     "IAS_PKCE_PROTECT": "all",
     "IAS_PKCE_BINDING_NAME": None,
+    "IAS_PKCE_BINDINGS": None,
+    "IAS_PKCE_XSUAA_BINDING_NAME": None,
+    "IAS_PKCE_TENANTS": None,
     "IAS_PKCE_IAS_URL": None,
     "IAS_PKCE_CLIENT_ID": None,
     "IAS_PKCE_CLIENT_SECRET": None,
@@ -34,6 +37,8 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_ACCEPTED_AUDIENCES": None,
     "IAS_PKCE_USE_TOKEN": "id_token",
     "IAS_PKCE_LEEWAY": 60,
+    "IAS_PKCE_MIN_REMAINING": 60,
+    "IAS_PKCE_RESOURCES": None,
     "IAS_PKCE_VERIFY": True,
     "IAS_PKCE_TIMEOUT": (3.05, 10.0),
     "IAS_PKCE_RETRIES": 2,
@@ -67,8 +72,20 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_PROTECT": '``"all"``: every endpoint needs a token unless it is exempt. '
     '``"marked"``: only blueprints passed to ``ias.protect()`` and views decorated with '
     "``@ias.required`` do.",
-    "IAS_PKCE_BINDING_NAME": "Which ``identity`` service binding to use when several are "
-    "bound (its name or instance name).",
+    "IAS_PKCE_BINDING_NAME": "Which ``identity`` service bindings to use: a name (or "
+    "instance name) or a list of them, in the order tokens are routed to them. Default: "
+    "every binding of the first source that has any, in the order found. Needed when one "
+    "IAS application is bound twice. See :doc:`multitenancy`.",
+    "IAS_PKCE_BINDINGS": "Several IAS bindings given explicitly: a list of dicts shaped "
+    "like the binding credentials (``clientid``, ``certificate`` and ``key`` or "
+    "``clientsecret``, ``url``, ``domains``, ``app_tid``, ``credential-type``), each with "
+    "a ``name``. Used before ``VCAP_SERVICES`` and ``$SERVICE_BINDING_ROOT``.",
+    "IAS_PKCE_XSUAA_BINDING_NAME": "Which ``xsuaa`` binding gives the XSUAA client id and "
+    "the second hop when several are bound. Default: the only one, else the one of plan "
+    "``broker``, else the one of plan ``application``; else ``init_app`` fails naming them.",
+    "IAS_PKCE_TENANTS": "Allow-list of tenant ids (``app_tid``, a string or a list): a "
+    "token of any other tenant is refused with 401 ``invalid_token`` (reason "
+    "``tenant_not_allowed``) before any call to IAS. Default: every tenant.",
     "IAS_PKCE_IAS_URL": "The IAS tenant's URL. Setting it (or ``IAS_PKCE_CLIENT_ID``) makes "
     "the configuration the binding: service bindings are then not read for IAS.",
     "IAS_PKCE_CLIENT_ID": "The client id of the app's own IAS application, the one that "
@@ -81,18 +98,27 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "into memory once; never logged.",
     "IAS_PKCE_DOMAINS": "Trusted IAS domains: a token's issuer must be one of them or one "
     "label below (its tenant). Default: the binding's ``domains``, else the URL's host.",
-    "IAS_PKCE_APP_TID": "The IAS tenant id sent as ``app_tid`` with exchanges when the "
-    "token carries none. Default: the binding's ``app_tid``.",
+    "IAS_PKCE_APP_TID": "The IAS tenant id sent as ``app_tid`` with exchanges of the "
+    "binding's own tenant's tokens when they carry none (never for a subscriber's token). "
+    "Default: the binding's ``app_tid``.",
     "IAS_PKCE_XSUAA_CLIENT_ID": "The XSUAA client id the exchanged token's ``aud`` must "
     "hold. Default: the ``clientid`` of the bound ``xsuaa`` service.",
     "IAS_PKCE_ACCEPTED_AUDIENCES": "Client ids (a string or a list) a token's ``aud`` must "
     "hold one of. Default: the binding's client id, the only one IAS exchanges tokens for: "
     "the mobile app signs in with it (one IAS application). Any other id is logged as a "
-    "warning at ``init_app``.",
+    "warning at ``init_app``. With several IAS bindings it cannot be set: each binding "
+    "accepts its own client id.",
     "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
     '``"id_token"`` or ``"access_token"``.',
     "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "
-    "(0 to 300); also taken off every cache lifetime.",
+    "(0 to 300). How long before its expiry a cached token stops being served is "
+    "``IAS_PKCE_MIN_REMAINING``.",
+    "IAS_PKCE_MIN_REMAINING": "Seconds (0 to 3600) an exchanged token (and an XSUAA token) "
+    "must still be valid to be served from the cache; a token closer to its expiry is "
+    "exchanged again. Separate from the clock leeway.",
+    "IAS_PKCE_RESOURCES": "Resource URNs (a string or a list, each ``urn:...``) sent as "
+    "``resource=`` with every exchange, for IAS application dependencies such as "
+    "``urn:sap:identity:application:provider:name:<name>``. Part of the cache scope.",
     "IAS_PKCE_VERIFY": "TLS verification of IAS: ``True`` (the system's CA bundle) or the "
     "path of a CA bundle. ``False`` is refused. Passed per request, so "
     "``REQUESTS_CA_BUNDLE`` cannot override it.",
@@ -187,5 +213,19 @@ RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: Backoff between retries: base * 2**attempt, capped, with jitter.
 RETRY_BACKOFF_BASE_SECONDS: Final = 0.2
 RETRY_BACKOFF_CAP_SECONDS: Final = 2.0
+#: The header that carries the correlation id on every call to IAS and XSUAA (the SAP Java
+#: library's name; @sap/xssec sends ``x-vcap-request-id``).
+CORRELATION_HEADER: Final = "X-Correlation-ID"
+#: Incoming headers whose value, when it is a short token of safe characters, becomes the
+#: correlation id of the calls made for that request; first found wins.
+INCOMING_CORRELATION_HEADERS: Final = ("X-Correlation-ID", "X-Vcap-Request-Id")
+#: The token endpoint found in an issuer's discovery document is kept this long.
+DISCOVERY_TTL_SECONDS: Final = 60 * 60
+#: Binding folders under ``$SERVICE_BINDING_ROOT`` are looked at this often for new
+#: credentials (a change is in use within this, well inside 10 seconds).
+BINDING_POLL_SECONDS: Final = 2.0
+#: A re-read of the bindings after IAS refused our client is skipped when one took place
+#: less than this ago: a flood of refusals reads the files once, not once per request.
+REREAD_MIN_INTERVAL_SECONDS: Final = 1.0
 #: ``Retry-After`` sent with a 503 when IAS cannot be reached.
 RETRY_AFTER_SECONDS: Final = 5

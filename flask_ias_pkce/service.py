@@ -4,41 +4,63 @@ passthrough or exchange, check, store. Knows nothing of Flask's request."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .bearer import check_token_shape
+from .bindings import IdentityBinding
 from .cache import Cached, Denial, Entry, TokenCache
 from .config import Settings
 from .context import TokenContext
 from .errors import IASRefused, InvalidToken
 from .exchange import ExchangeClient
-from .verify import TokenVerifier, audiences
+from .verify import JWKSCache, TokenVerifier, audiences, issuer_origin, unverified_claims
 from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
 
 
+@dataclass(frozen=True)
+class Route:
+    """One IAS binding and what serves it alone: its key sets, its verifier, its IAS
+    client (its own session and client certificate) and the audiences it accepts."""
+
+    binding: IdentityBinding
+    keys: JWKSCache
+    verifier: TokenVerifier
+    exchanger: ExchangeClient
+    audiences: frozenset[str]
+    #: ``https://host[:port]`` of the binding's own tenant, as verified issuers are written.
+    home_issuer: str
+
+
 class Authenticator:
-    """Turns a public token into the token the app uses, at most one exchange per token."""
+    """Turns a public token into the token the app uses, at most one exchange per token.
+
+    With several IAS bindings (``routes``), a token goes to the first binding whose client
+    id is in its ``aud``, the only one IAS exchanges it for; that is decided on a cache
+    miss only, since the cache scope names every binding and so a token's entry is always
+    its own binding's.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        verifier: TokenVerifier,
-        exchanger: ExchangeClient,
+        routes: Sequence[Route],
         cache: TokenCache,
         clock: Callable[[], float],
         xsuaa: XsuaaHop | None = None,
     ) -> None:
         self.settings = settings
-        self.verifier = verifier
-        self.exchanger = exchanger
+        self.routes = tuple(routes)
+        # The first binding's, for callers that know only one.
+        self.verifier = self.routes[0].verifier
+        self.exchanger = self.routes[0].exchanger
         self.cache = cache
         self._clock = clock
         self._xsuaa = xsuaa  # the second hop, when an xsuaa binding allows it
-        self._audiences = settings.accepted_audiences
         self._xsuaa_audience = (settings.xsuaa_client_id,)
 
     def authenticate(self, public_token: str) -> TokenContext:
@@ -61,18 +83,59 @@ class Authenticator:
             entry, public_token=public_token, from_cache=from_cache, xsuaa=self._xsuaa
         )
 
+    def route(self, claims: Mapping[str, Any]) -> Route:
+        """The binding for a token with (unverified) ``claims``: the first whose client id
+        is in ``aud``; with one binding, that one (its verifier checks the audience)."""
+        if len(self.routes) == 1:
+            return self.routes[0]
+        token_audiences = audiences(claims)
+        for route in self.routes:
+            if route.binding.client_id in token_audiences:
+                return route
+        raise InvalidToken("The token is not meant for this application", reason="audience")
+
+    def _tenant(self, route: Route, claims: Mapping[str, Any]) -> str | None:
+        """The ``app_tid`` to exchange a token with ``claims`` for, or raise.
+
+        Checked before anything is fetched: a token of a tenant outside
+        ``IAS_PKCE_TENANTS`` costs no call to IAS. A token of a tenant other than the
+        binding's own (a subscriber's) must name its ``app_tid``, as SAP's Java library
+        demands (``SapIdJwtSignatureValidator``), and the binding's ``app_tid`` is used
+        only for the binding's own tenant's tokens: the provider's tenant id sent with a
+        subscriber's token would ask IAS for a token of the wrong tenant.
+        """
+        binding = route.binding
+        issuer = issuer_origin(
+            claims.get("ias_iss", claims.get("iss")),
+            binding.domains,
+            route.verifier.ports,
+        )
+        app_tid = claims.get("app_tid")
+        if not isinstance(app_tid, str):
+            if issuer != route.home_issuer:
+                raise InvalidToken(
+                    "The token of a subscriber tenant names no tenant", reason="app_tid_missing"
+                )
+            app_tid = binding.app_tid
+        tenants = self.settings.tenants
+        if tenants is not None and app_tid not in tenants:
+            raise InvalidToken(
+                "The token's tenant may not use this application", reason="tenant_not_allowed"
+            )
+        return app_tid
+
     def _obtain(self, public_token: str) -> Cached:
         """Verify ``public_token`` and pass it through or exchange it: what the cache
         should remember of it (it stores the result)."""
         settings = self.settings
-        public = self.verifier.verify(public_token, audience=self._audiences)
+        unverified = unverified_claims(public_token)
+        route = self.route(unverified)
+        app_tid = self._tenant(route, unverified)
+        public = route.verifier.verify(public_token, audience=route.audiences)
         if settings.passthrough and settings.xsuaa_client_id in audiences(public.claims):
             return Entry(public_token, self._not_after(public.expires_at), passthrough=True)
-        app_tid = public.claims.get("app_tid")
-        if not isinstance(app_tid, str):
-            app_tid = settings.bindings.identity.app_tid
         try:
-            exchanged_token = self.exchanger.exchange(
+            exchanged_token = route.exchanger.exchange(
                 public_token, issuer=public.issuer, app_tid=app_tid
             )
         except InvalidToken:
@@ -84,7 +147,7 @@ class Authenticator:
             logger.debug("IAS refused the assertion; remembered for %d s", settings.negative_ttl)
             return Denial(self._clock() + settings.negative_ttl)
         try:
-            exchanged = self.verifier.verify(
+            exchanged = route.verifier.verify(
                 exchanged_token, audience=self._xsuaa_audience, issuer=public.issuer
             )
         except InvalidToken as error:
@@ -104,11 +167,12 @@ class Authenticator:
         return Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
 
     def _not_after(self, *expiries: float) -> float:
-        """Until when an entry is served: the earliest expiry less the leeway. A token
-        already within the leeway of its expiry is kept until that expiry itself (never
-        after it) rather than exchanged again on every request of its last minute."""
+        """Until when an entry is served: the earliest expiry less
+        ``IAS_PKCE_MIN_REMAINING``. A token already within that margin of its expiry is
+        kept until that expiry itself (never after it) rather than exchanged again on
+        every request of its last minute."""
         earliest = min(expiries)
-        with_margin = earliest - self.settings.leeway
+        with_margin = earliest - self.settings.min_remaining
         return with_margin if with_margin > self._clock() else earliest
 
 

@@ -520,6 +520,8 @@ class TokenVerifier:
         self._keys = keys
         self._domains = tuple(domain.lower() for domain in domains)
         self._ports = frozenset(ports)
+        #: The ports an issuer may name (the default, 443, the binding URL's own).
+        self.ports = self._ports
         self._leeway = leeway
         self._clock = clock
 

@@ -227,27 +227,182 @@ def test_binding_name_picks_one_of_several() -> None:
     assert bindings.identity.source == "VCAP_SERVICES identity 'ias-b'"
 
 
-def test_several_without_a_name_lists_them() -> None:
-    message = binding_error({}, two_ias())
-    assert "ias-a" in message
-    assert "ias-b" in message
-    assert "IAS_PKCE_BINDING_NAME" in message
+def test_several_without_a_name_are_all_used_in_the_order_found() -> None:
+    bindings = load_bindings({}, two_ias())
+    assert [identity.client_id for identity in bindings.identities] == ["a", "b"]
+    assert [identity.name for identity in bindings.identities] == ["ias-a", "ias-b"]
+    assert bindings.identity is bindings.identities[0]
+
+
+def test_binding_name_list_chooses_and_orders() -> None:
+    bindings = load_bindings({"IAS_PKCE_BINDING_NAME": ["ias-b", "ias-a"]}, two_ias())
+    assert [identity.client_id for identity in bindings.identities] == ["b", "a"]
+    # A name given twice (the name and the instance name, say) is one binding.
+    again = load_bindings({"IAS_PKCE_BINDING_NAME": ["ias-b", "ias-b"]}, two_ias())
+    assert [identity.client_id for identity in again.identities] == ["b"]
 
 
 def test_binding_name_matching_none_lists_the_names() -> None:
     message = binding_error({"IAS_PKCE_BINDING_NAME": "ias-c"}, two_ias())
     assert "'ias-c'" in message
     assert "ias-a, ias-b" in message
+    message = binding_error({"IAS_PKCE_BINDING_NAME": ["ias-a", "ias-c"]}, two_ias())
+    assert "'ias-c'" in message
 
 
-def test_several_xsuaa_need_an_explicit_client_id() -> None:
+@pytest.mark.parametrize("names", [[], [""], 7, ["ias-a", 3]])
+def test_binding_name_of_the_wrong_type(names: Any) -> None:
+    assert "IAS_PKCE_BINDING_NAME" in binding_error({"IAS_PKCE_BINDING_NAME": names}, two_ias())
+
+
+def test_one_application_bound_twice_is_refused_naming_both() -> None:
+    environ = vcap(
+        service("identity", "ias-a", ias_credentials(clientid="same")),
+        service("identity", "ias-b", ias_credentials(clientid="same")),
+        XSUAA,
+    )
+    message = binding_error({}, environ)
+    assert "'ias-a'" in message
+    assert "'ias-b'" in message
+    assert "IAS_PKCE_BINDING_NAME" in message
+    # An explicit order decides: the first named gets the tokens.
+    ordered = load_bindings({"IAS_PKCE_BINDING_NAME": ["ias-b", "ias-a"]}, environ)
+    assert [identity.name for identity in ordered.identities] == ["ias-b", "ias-a"]
+
+
+def test_per_binding_overrides_are_refused_with_several() -> None:
+    message = binding_error({"IAS_PKCE_CLIENT_SECRET": SECRET}, two_ias())
+    assert "IAS_PKCE_CLIENT_SECRET" in message
+    assert "IAS_PKCE_BINDINGS" in message
+
+
+def test_several_binding_root_folders(tmp_path: Path) -> None:
+    write_folder(
+        tmp_path, "ias-x", {"type": "identity", **ias_credentials(clientid="x", domains=None)}
+    )
+    write_folder(
+        tmp_path, "ias-y", {"type": "identity", **ias_credentials(clientid="y", domains=None)}
+    )
+    config = {"IAS_PKCE_XSUAA_CLIENT_ID": "sb-x"}
+    bindings = load_bindings(config, {"SERVICE_BINDING_ROOT": str(tmp_path)})
+    assert [identity.client_id for identity in bindings.identities] == ["x", "y"]
+    assert bindings.identities[1].source == "SERVICE_BINDING_ROOT/ias-y"
+
+
+def test_explicit_bindings_list() -> None:
+    config = {
+        "IAS_PKCE_BINDINGS": [
+            {**ias_credentials(clientid="c1"), "name": "consumer"},
+            {
+                **ias_credentials(
+                    clientid="p1",
+                    clientsecret=None,
+                    certificate=CERT,
+                    key=KEY,
+                    **{"credential-type": "X509_GENERATED"},
+                ),
+                "name": "partner",
+            },
+        ],
+        "IAS_PKCE_XSUAA_CLIENT_ID": "sb-x",
+    }
+    bindings = load_bindings(config, two_ias())  # the configuration wins over VCAP_SERVICES
+    consumer, partner = bindings.identities
+    assert (consumer.name, consumer.client_id, consumer.uses_certificate) == (
+        "consumer",
+        "c1",
+        False,
+    )
+    assert (partner.name, partner.client_id, partner.uses_certificate) == ("partner", "p1", True)
+    assert partner.source == "app.config IAS_PKCE_BINDINGS 'partner'"
+    # Names choose across the configuration and the environment.
+    mixed = load_bindings({**config, "IAS_PKCE_BINDING_NAME": ["partner", "ias-b"]}, two_ias())
+    assert [identity.client_id for identity in mixed.identities] == ["p1", "b"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({}, "must be a list"),
+        ([], "must be a list"),
+        (["text"], "IAS_PKCE_BINDINGS[0] must be a dict"),
+        ([{"clientid": "c"}], "Missing 'name' of app.config IAS_PKCE_BINDINGS[0]"),
+        ([{**ias_credentials(), "name": "n"}, {**ias_credentials(), "name": "n"}], "named twice"),
+        ([{**ias_credentials(url=None), "name": "n"}], "'url' of app.config IAS_PKCE_BINDINGS 'n'"),
+    ],
+)
+def test_explicit_bindings_list_errors(value: Any, expected: str) -> None:
+    assert expected in binding_error({"IAS_PKCE_BINDINGS": value}, {})
+
+
+def test_explicit_bindings_and_single_url_conflict() -> None:
+    config = {
+        "IAS_PKCE_BINDINGS": [{**ias_credentials(), "name": "n"}],
+        "IAS_PKCE_CLIENT_ID": "c",
+    }
+    assert "not both" in binding_error(config, {})
+
+
+def test_several_xsuaa_without_a_rule_name_the_candidates() -> None:
     second = service("xsuaa", "other-xsuaa", {"clientid": "sb-other"})
     environ = vcap(service("identity", "ias", ias_credentials()), XSUAA, second)
     message = binding_error({}, environ)
-    assert "IAS_PKCE_XSUAA_CLIENT_ID" in message
-    bindings = load_bindings({"IAS_PKCE_XSUAA_CLIENT_ID": "sb-pick"}, environ)
-    assert bindings.xsuaa is None
-    assert bindings.xsuaa_client_id == "sb-pick"
+    assert "my-xsuaa" in message
+    assert "other-xsuaa" in message
+    assert "IAS_PKCE_XSUAA_BINDING_NAME" in message
+    # An explicit client id does not silence it: the second hop needs one binding.
+    assert "IAS_PKCE_XSUAA_BINDING_NAME" in binding_error(
+        {"IAS_PKCE_XSUAA_CLIENT_ID": "sb-pick"}, environ
+    )
+
+
+def test_xsuaa_binding_name_picks_one() -> None:
+    second = service("xsuaa", "other-xsuaa", {"clientid": "sb-other"})
+    environ = vcap(service("identity", "ias", ias_credentials()), XSUAA, second)
+    bindings = load_bindings({"IAS_PKCE_XSUAA_BINDING_NAME": "other-xsuaa"}, environ)
+    assert bindings.xsuaa is not None
+    assert bindings.xsuaa_client_id == "sb-other"
+    message = binding_error({"IAS_PKCE_XSUAA_BINDING_NAME": "nope"}, environ)
+    assert "'nope'" in message
+    assert "my-xsuaa, other-xsuaa" in message
+
+
+@pytest.mark.parametrize(
+    ("plans", "chosen"),
+    [
+        (("application", "broker"), "sb-1"),
+        (("broker", "application"), "sb-0"),
+        (("space", "application"), "sb-1"),
+    ],
+)
+def test_xsuaa_plan_broker_before_application(plans: tuple[str, str], chosen: str) -> None:
+    entries = [
+        {**service("xsuaa", f"x{i}", {"clientid": f"sb-{i}", "clientsecret": SECRET}), "plan": plan}
+        for i, plan in enumerate(plans)
+    ]
+    environ = vcap(service("identity", "ias", ias_credentials()), *entries)
+    assert load_bindings({}, environ).xsuaa_client_id == chosen
+
+
+@pytest.mark.parametrize(
+    "plans", [("broker", "broker"), ("application", "application"), ("space", None)]
+)
+def test_xsuaa_plans_that_do_not_decide(plans: tuple[str, str | None]) -> None:
+    entries = [
+        {**service("xsuaa", f"x{i}", {"clientid": f"sb-{i}"}), **({"plan": plan} if plan else {})}
+        for i, plan in enumerate(plans)
+    ]
+    environ = vcap(service("identity", "ias", ias_credentials()), *entries)
+    message = binding_error({}, environ)
+    assert "'x0'" in message
+    assert "'x1'" in message
+
+
+def test_xsuaa_plan_from_a_folder(tmp_path: Path) -> None:
+    write_folder(tmp_path, "ias", {"type": "identity", **ias_credentials(domains=None)})
+    write_folder(tmp_path, "xa", {"type": "xsuaa", "clientid": "sb-a", "plan": "application"})
+    write_folder(tmp_path, "xb", {"type": "xsuaa", "clientid": "sb-b", "plan": "broker"})
+    assert load_bindings({}, {"SERVICE_BINDING_ROOT": str(tmp_path)}).xsuaa_client_id == "sb-b"
 
 
 def test_explicit_xsuaa_client_id_wins_over_binding() -> None:

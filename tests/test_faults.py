@@ -183,11 +183,13 @@ def relay(ias_emulator: IASEmulator) -> Iterator[_Relay]:
     # The relay's origin is the issuer we trust; its keys are the emulator's, fetched through it.
     # Key sets are per tenant and client (azp): the public and the exchanged token each
     # discover once, and a test may fetch keys again after a failure.
-    ias_emulator.inject(
-        DISCOVERY_PATH,
-        body={"issuer": relay.origin, "jwks_uri": relay.origin + JWKS_PATH},
-        times=20,
-    )
+    # The exchange finds its token endpoint in the same document.
+    document = {
+        "issuer": relay.origin,
+        "jwks_uri": relay.origin + JWKS_PATH,
+        "token_endpoint": relay.origin + TOKEN_PATH,
+    }
+    ias_emulator.inject(DISCOVERY_PATH, body=document, times=20)
     yield relay
     relay.close()
 
@@ -339,9 +341,12 @@ class _TricklingIAS:
                 """Silent."""
 
             def do_GET(self) -> None:
-                discovery = json.dumps(
-                    {"issuer": outer.origin, "jwks_uri": outer.origin + JWKS_PATH}
-                ).encode()
+                document = {
+                    "issuer": outer.origin,
+                    "jwks_uri": outer.origin + JWKS_PATH,
+                    "token_endpoint": outer.origin + TOKEN_PATH,
+                }
+                discovery = json.dumps(document).encode()
                 self._answer(jwks if self.path == JWKS_PATH else discovery, trickle=False)
 
             def do_POST(self) -> None:
@@ -832,12 +837,22 @@ def _exchanged_token_of_another_tenant_is_502(
     assert timed_get(app, client, token).status_code == 200
 
 
-def test_discovery_document_of_another_issuer_is_502(ias_emulator: IASEmulator) -> None:
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://evil.localhost",
+        "https://localhost:99999",  # no port at all
+        "https://localhost/tenant",
+        ["https://localhost"],
+    ],
+)
+def test_discovery_document_of_another_issuer_is_502(
+    ias_emulator: IASEmulator, issuer: Any
+) -> None:
     # OpenID Connect Discovery 4.3: the issuer in the document is the one asked for.
     app = build_app(ias_emulator)
     ias_emulator.inject(
-        DISCOVERY_PATH,
-        body={"issuer": "https://evil.localhost", "jwks_uri": ias_emulator.issuer + JWKS_PATH},
+        DISCOVERY_PATH, body={"issuer": issuer, "jwks_uri": ias_emulator.issuer + JWKS_PATH}
     )
 
     answer = timed_get(app, app.test_client(), ias_emulator.issue_public_token())
@@ -862,7 +877,9 @@ def test_rsa_key_under_2048_bits_in_the_jwks_verifies_nothing(ias_emulator: IASE
     weak, weak_jwk = rsa_jwk("weak", 1024)
     ias_emulator.inject(JWKS_PATH, body={"keys": [*ias_emulator.jwks["keys"], weak_jwk]}, times=5)
     app = build_app(ias_emulator)
-    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token())
+    # A passthrough token: nothing but our own check stands between it and the view.
+    passthrough = [ias_emulator.public_client_id, ias_emulator.xsuaa_client_id]
+    claims = jwt.get_unverified_claims(ias_emulator.issue_public_token(aud=passthrough))
     pem = weak.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

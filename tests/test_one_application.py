@@ -127,6 +127,8 @@ def exchanged_claims(ias: IASEmulator, **claims: Any) -> dict[str, Any]:
         "iss": ias.issuer,
         "aud": [ias.client_id, ias.xsuaa_client_id],
         "exp": int(time.time()) + 600,
+        # IAS keeps the tenant; a token of another tenant is refused (exchanged_tenant).
+        "app_tid": ias.app_tid,
         **claims,
     }
 

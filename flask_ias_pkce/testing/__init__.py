@@ -1,10 +1,13 @@
 """Test helpers for apps that use flask-ias-pkce: a local IAS and pytest fixtures.
 
-``IASEmulator`` runs a local SAP Identity Authentication tenant over real HTTPS and mTLS;
-the pytest plugin (registered as ``ias_pkce``) offers the ``ias_emulator`` and
-``public_token`` fixtures.
+``IASEmulator`` runs a local SAP Identity Authentication tenant (and, if asked, subscriber
+tenants) over real HTTPS and mTLS; ``resolve_tenant_hosts`` makes the subscriber tenants'
+``*.localhost`` names resolve in this process; the pytest plugin (registered as
+``ias_pkce``) offers the ``ias_emulator``, ``public_token`` and ``ias_tenant_hosts``
+fixtures.
 """
 
 from flask_ias_pkce.testing.emulator import Call, IASEmulator
+from flask_ias_pkce.testing.hosts import resolve_tenant_hosts
 
-__all__ = ["Call", "IASEmulator"]
+__all__ = ["Call", "IASEmulator", "resolve_tenant_hosts"]

@@ -98,6 +98,12 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)
 
 
+def _thumbprint(der: bytes | None) -> str:
+    # base64url SHA-256 of the DER certificate, as RFC 8705 defines x5t#S256.
+    digest = hashlib.sha256(der or b"").digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def _form(request: Request, params: Params) -> dict[str, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
@@ -141,6 +147,7 @@ class Tenant:
         app_tid: str,
         extra_app_tids: frozenset[str],
         users: Mapping[str, Mapping[str, Any]],
+        extra_clients: Mapping[str, str] | None = None,
         allowed_origins: Iterable[str] = (),
     ) -> None:
         self.issuer = ""  # known once the server has a port
@@ -160,6 +167,9 @@ class Tenant:
         self.app_tid = app_tid
         self.app_tids = frozenset((app_tid, *extra_app_tids))
         self.users = {hint: dict(claims) for hint, claims in users.items()}
+        #: Further applications of the tenant (client id: secret), each a public client of
+        #: its own that exchanges its own tokens, as a second ``identity`` instance is.
+        self.extra_clients = dict(extra_clients or {})
         for hint, user in self.users.items():
             scopes = user.get(XSUAA_SCOPES)
             if scopes is not None and (
@@ -173,6 +183,10 @@ class Tenant:
         self._codes: dict[str, _Grant] = {}
         # XSUAA signs with keys of its own; made at first use, as most tests never need one.
         self._xsuaa_key: SigningKey | None = None
+        #: Put ``cnf.x5t#S256`` of the client certificate into tokens exchanged over mTLS.
+        self.certificate_bound_tokens = False
+        #: Thumbprints of client certificates this tenant no longer accepts (rotated out).
+        self.refused_certificates: set[str] = set()
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -325,7 +339,7 @@ class Tenant:
     @property
     def client_ids(self) -> frozenset[str]:
         """The applications of this tenant: the app's and, when separate, the public one."""
-        return frozenset((self.client_id, self.public_client_id))
+        return frozenset((self.client_id, self.public_client_id, *self.extra_clients))
 
     def _discovery(self, request: Request, params: Params) -> Response:
         return json_response(
@@ -447,21 +461,30 @@ class Tenant:
             "expires_in": self.token_lifetime,
         }
 
-    def _authenticate(self, request: Request, form: dict[str, str]) -> None:
+    def _authenticate(self, request: Request, form: dict[str, str]) -> str:
+        """Authenticate the application that calls; return its client id."""
+        secrets_by_client = {self.client_id: self.client_secret, **self.extra_clients}
         if self.credential_type == "SECRET":
             basic = basic_credentials(request.headers.get("authorization"))
             if basic is None and "client_secret" not in form:
                 raise _OAuthError("invalid_client", "client authentication is required", 401)
             client_id, secret = basic or (form.get("client_id", ""), form["client_secret"])
-            good_secret = hmac.compare_digest(secret.encode(), self.client_secret.encode())
-            if client_id != self.client_id or not good_secret:
+            expected = secrets_by_client.get(client_id, "")
+            good_secret = hmac.compare_digest(secret.encode(), expected.encode())
+            if not expected or not good_secret:
                 raise _OAuthError("invalid_client", "client authentication failed", 401)
         elif request.client_cn is None:
             raise _OAuthError("invalid_client", "a client certificate is required", 401)
-        elif request.client_cn != self.client_id:
+        elif request.client_cn not in secrets_by_client:
             raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
-        if form.get("client_id", self.client_id) != self.client_id:
+        elif _thumbprint(request.client_certificate) in self.refused_certificates:
+            # A binding deleted (or rotated): IAS no longer knows its certificate.
+            raise _OAuthError("invalid_client", "the certificate is no longer valid", 401)
+        else:
+            client_id = request.client_cn
+        if form.get("client_id", client_id) != client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
+        return client_id
 
     def _verify_assertion(self, assertion: str) -> dict[str, Any]:
         with self._lock:
@@ -482,7 +505,7 @@ class Tenant:
 
     def _jwt_bearer_grant(self, request: Request, form: dict[str, str]) -> dict[str, Any]:
         # Client first: an unauthenticated caller learns nothing about its assertion.
-        self._authenticate(request, form)
+        requester = self._authenticate(request, form)
         if not form.get("assertion"):
             raise _OAuthError("invalid_request", "assertion is missing")
         access_format = form.get("token_format", "opaque")  # IAS's default for this grant
@@ -491,6 +514,8 @@ class Tenant:
         if form.get("app_tid", self.app_tid) not in self.app_tids:
             raise _OAuthError("invalid_request", "unknown app_tid")
         public = self._verify_assertion(form["assertion"])
+        # The new token is for the tenant the request names, else the assertion's.
+        tenant = form.get("app_tid", public.get("app_tid", self.app_tid))
         # The same documentation: "audience: must contain the client ID of the requested
         # application in aud". A public client registered as an application of its own
         # gets tokens with only its own id in aud (IAS adds no dependent application's id
@@ -498,11 +523,11 @@ class Tenant:
         # wording of IAS's error_description is unconfirmed; the emulator names both ids.
         audience = public.get("aud")
         audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.client_id not in audiences:
+        if not isinstance(audiences, list) or requester not in audiences:
             raise _OAuthError(
                 "invalid_grant",
                 f"assertion refused: its aud {audience!r} does not contain the client id "
-                f"{self.client_id!r} of the requesting application",
+                f"{requester!r} of the requesting application",
             )
         user = self._user_claims(self._find_user(public))
         now = int(self.clock())
@@ -512,12 +537,17 @@ class Tenant:
             # The new token speaks of the user as the tenant knows them, not as the
             # assertion put it.
             **user,
-            "aud": [self.client_id, self.xsuaa_client_id],
-            "azp": self.client_id,
+            "app_tid": tenant,
+            "aud": [requester, self.xsuaa_client_id],
+            "azp": requester,
             "iat": now,
             "exp": now + self.exchanged_token_lifetime,
             "jti": str(uuid.uuid4()),
         }
+        if self.certificate_bound_tokens and self.credential_type != "SECRET":
+            # RFC 8705 3.1: the token is bound to the certificate the client authenticated
+            # with. Whether IAS always does this for jwt-bearer over mTLS is unconfirmed.
+            claims["cnf"] = {"x5t#S256": _thumbprint(request.client_certificate)}
         if access_format == "jwt":
             access_token = self.sign({**claims, "jti": str(uuid.uuid4())}, None, None)
         else:

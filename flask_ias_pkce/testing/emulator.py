@@ -12,15 +12,20 @@ protocol itself lives in :mod:`._tenant`.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import json
+import re
 import secrets
 import shutil
 import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -58,6 +63,8 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
 }
 #: Stands in for secrets in the call record, which ends up in assertion messages.
 _REDACTED = "<redacted>"
+#: A subscriber's name: one DNS label, the first of its host ``<name>.localhost``.
+_SUBSCRIBER = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def _setting_name(name: str) -> str:
@@ -87,7 +94,8 @@ class Call:
     ``auth_method`` is how the client presented itself (``tls_client_auth``,
     ``client_secret_basic``, ``client_secret_post`` or ``None``), whether or not that
     succeeded. ``status`` is ``None`` for a dropped connection. ``connection_id`` numbers
-    the TCP connections: calls that share one came over keep-alive.
+    the TCP connections: calls that share one came over keep-alive. ``param_lists`` holds
+    every value of each parameter (``resource`` may be repeated), secrets redacted too.
     """
 
     method: str
@@ -98,6 +106,25 @@ class Call:
     auth_method: str | None
     status: int | None
     connection_id: int
+    #: The host the request named (``localhost`` or a subscriber's ``<name>.localhost``).
+    host: str | None = None
+    #: The client the request presented itself as: the certificate's CN, the user of HTTP
+    #: Basic, or the ``client_id`` posted with a secret (whether or not it succeeded).
+    client_id: str | None = None
+    param_lists: dict[str, list[str]] = field(default_factory=dict)
+    #: ``x5t#S256`` of the client certificate the connection presented, if any.
+    client_thumbprint: str | None = None
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The ``X-Correlation-ID`` the client sent, if any."""
+        return self.headers.get("x-correlation-id")
+
+
+def _certificate_thumbprint(der: bytes | None) -> str | None:
+    if not der:
+        return None
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
 @dataclass
@@ -134,6 +161,11 @@ class IASEmulator:
     tokens name them with ``issue_public_token(app_tid=...)``). Any other ``x-app_tid`` or
     ``app_tid`` is refused, as IAS refuses a tenant it does not know.
 
+    ``certificate_bound_tokens=True`` puts ``cnf.x5t#S256`` (RFC 8705) of the client
+    certificate into the tokens it exchanges over mTLS, as SAP's libraries expect tokens of
+    X.509 clients can carry (whether IAS always does so is unconfirmed).
+    :meth:`rotate_client_certificate` renews the binding's certificate as a re-binding does.
+
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
     A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
@@ -146,6 +178,18 @@ class IASEmulator:
     ``<xsappname>.Read``. Real XSUAA grants scopes through role collections assigned to the
     user; the emulator takes them as given. The default users are Alice (groups
     ``Employees`` and ``Admins``) and Bob (group ``Employees``).
+
+    ``extra_applications`` are client ids of further IAS applications of the tenant (each
+    a public client of its own, as a second ``identity`` instance is, with its own
+    certificate or secret: :meth:`binding_for`); each exchanges only tokens whose ``aud``
+    holds its own id. ``subscribers`` are subscriber tenants of the (multitenant)
+    application, a list of names or a mapping of name to ``app_tid``: each is served on the
+    same port as ``https://<name>.localhost:<port>`` with its own keys and ``app_tid``,
+    and its JWKS and exchanges answer for that tenant only, the provider's credentials
+    accepted, as SAP IAS does for a subscribed application. ``*.localhost`` resolves to
+    the loopback address on many systems but not all; wrap the test in
+    :func:`~flask_ias_pkce.testing.resolve_tenant_hosts` (or use the
+    ``ias_tenant_hosts`` fixture) so that it does in this process.
 
     The XSUAA service of :attr:`xsuaa_binding` answers on the same server; its binding holds
     a client secret (``xsuaa_credential_type="binding-secret"``) or a client certificate of
@@ -167,8 +211,11 @@ class IASEmulator:
         app_tid: str = DEFAULT_APP_TID,
         extra_app_tids: Iterable[str] = (),
         users: Mapping[str, Mapping[str, Any]] | None = None,
+        extra_applications: Iterable[str] = (),
+        subscribers: Iterable[str] | Mapping[str, str] = (),
         allowed_origins: Iterable[str] = (),
         port: int = 0,
+        certificate_bound_tokens: bool = False,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError("port must be from 0 (a free one) to 65535")
@@ -178,24 +225,42 @@ class IASEmulator:
             raise ValueError("xsuaa_credential_type must be 'binding-secret' or 'x509'")
         if users is not None and not users:
             raise ValueError("users must name at least one user")
-        self._tenant = Tenant(
-            clock=clock,
-            token_lifetime=token_lifetime,
-            exchanged_token_lifetime=exchanged_token_lifetime,
-            credential_type=credential_type,
-            client_id=client_id,
-            client_secret=secrets.token_urlsafe(32),
-            public_client_id=client_id if public_client_id is None else public_client_id,
-            xsuaa_client_id=xsuaa_client_id,
-            xsuaa_client_secret=secrets.token_urlsafe(32),
-            xsuaa_token_lifetime=xsuaa_token_lifetime,
-            app_tid=app_tid,
-            extra_app_tids=frozenset(extra_app_tids),
-            users=DEFAULT_USERS if users is None else users,
-            allowed_origins=allowed_origins,
-        )
+        if not isinstance(subscribers, Mapping):
+            subscribers = {name: str(uuid.uuid4()) for name in subscribers}
+        for name in subscribers:
+            if not _SUBSCRIBER.fullmatch(name):
+                raise ValueError(f"subscriber {name!r} is not a lower-case DNS label")
+        extra_clients = {extra: secrets.token_urlsafe(32) for extra in extra_applications}
+        if client_id in extra_clients:
+            raise ValueError("extra_applications must not repeat client_id")
+
+        def tenant(tid: str, extra_tids: frozenset[str]) -> Tenant:
+            return Tenant(
+                clock=clock,
+                token_lifetime=token_lifetime,
+                exchanged_token_lifetime=exchanged_token_lifetime,
+                credential_type=credential_type,
+                client_id=client_id,
+                client_secret=client_secret,
+                public_client_id=client_id if public_client_id is None else public_client_id,
+                xsuaa_client_id=xsuaa_client_id,
+                xsuaa_client_secret=xsuaa_client_secret,
+                xsuaa_token_lifetime=xsuaa_token_lifetime,
+                app_tid=tid,
+                extra_app_tids=extra_tids,
+                users=DEFAULT_USERS if users is None else users,
+                extra_clients=extra_clients,
+                allowed_origins=allowed_origins,
+            )
+
+        client_secret = secrets.token_urlsafe(32)
+        xsuaa_client_secret = secrets.token_urlsafe(32)
+        self._tenant = tenant(app_tid, frozenset(extra_app_tids))
+        self._subscribers = {name: tenant(tid, frozenset()) for name, tid in subscribers.items()}
         self._port = port
+        self._tenant.certificate_bound_tokens = certificate_bound_tokens
         self._xsuaa_credential_type = xsuaa_credential_type
+        self._ca: _pki.Issued | None = None
         self._lock = threading.Lock()
         self._calls: list[Call] = []
         self._faults: dict[str, list[_Fault]] = {}
@@ -203,6 +268,7 @@ class IASEmulator:
         self._thread: threading.Thread | None = None
         self._tmpdir: str | None = None
         self._client: _pki.Issued | None = None
+        self._clients: dict[str, _pki.Issued] = {}
         self._xsuaa_client: _pki.Issued | None = None
         self._connections_before_stop = 0
 
@@ -215,8 +281,8 @@ class IASEmulator:
         # mkdtemp makes the directory 0700: only this user can read the private keys in it.
         tmpdir = tempfile.mkdtemp(prefix="ias-emulator-")
         try:
-            ca = _pki.make_ca("IAS emulator CA")
-            server = _pki.issue(ca, "localhost", server=True)
+            ca = self._ca = _pki.make_ca("IAS emulator CA")
+            server = _pki.issue(ca, "localhost", server=True, extra_hosts=self.tenant_hosts[1:])
             files = {
                 "ca.pem": ca.certificate_pem,
                 "server.pem": server.certificate_pem,
@@ -226,6 +292,10 @@ class IASEmulator:
                 self._client = _pki.issue(ca, self._tenant.client_id, server=False)
                 files["client.pem"] = self._client.certificate_pem
                 files["client-key.pem"] = self._client.key_pem
+                self._clients = {
+                    extra: _pki.issue(ca, extra, server=False)
+                    for extra in self._tenant.extra_clients
+                }
             if self._xsuaa_credential_type == "x509":
                 self._xsuaa_client = _pki.issue(ca, self._tenant.xsuaa_client_id, server=False)
             for name, text in files.items():
@@ -242,6 +312,8 @@ class IASEmulator:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         self._tenant.issuer = f"https://localhost:{self._server.port}"
+        for name, subscriber in self._subscribers.items():
+            subscriber.issuer = f"https://{name}.localhost:{self._server.port}"
         self._tmpdir = tmpdir
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -313,6 +385,42 @@ class IASEmulator:
             raise RuntimeError("a SECRET binding has no client certificate")
         return self._path("client.pem"), self._path("client-key.pem")
 
+    @property
+    def client_certificate_thumbprint(self) -> str:
+        """``x5t#S256`` of the binding's client certificate now (RFC 8705)."""
+        if self._client is None:
+            raise RuntimeError("a SECRET binding has no client certificate")
+        return _pki.thumbprint(self._client.certificate)
+
+    def rotate_client_certificate(
+        self, *, refuse_old: bool = True, valid_for: datetime.timedelta | None = None
+    ) -> dict[str, Any]:
+        """Issue the application a new client certificate and key (same CN, same CA), as
+        a new binding does, and return the new :attr:`binding`. With ``refuse_old`` the
+        old certificate is refused from now on (``invalid_client``), as IAS refuses the
+        certificate of a deleted binding; else both work, as during a credentials
+        rotation that keeps the old binding for a while."""
+        self._running()
+        if self._client is None or self._ca is None:
+            raise RuntimeError("a SECRET binding has no client certificate")
+        old = self._client
+        if valid_for is None:
+            self._client = _pki.issue(self._ca, self._tenant.client_id, server=False)
+        else:
+            self._client = _pki.issue(
+                self._ca, self._tenant.client_id, server=False, validity=valid_for
+            )
+        Path(self._path("client.pem")).write_text(self._client.certificate_pem)
+        Path(self._path("client-key.pem")).write_text(self._client.key_pem)
+        if refuse_old:
+            self.refuse_client_certificate(_pki.thumbprint(old.certificate))
+        return self.binding
+
+    def refuse_client_certificate(self, thumbprint: str) -> None:
+        """Refuse the client certificate with this ``x5t#S256`` from now on
+        (``invalid_client``), as IAS does once a binding is deleted."""
+        self._tenant.refused_certificates.add(thumbprint)
+
     def _path(self, name: str) -> str:
         self._running()
         assert self._tmpdir is not None
@@ -359,20 +467,63 @@ class IASEmulator:
     @property
     def binding(self) -> dict[str, Any]:
         """The credentials of an ``identity`` service binding, as in ``VCAP_SERVICES``."""
+        return self.binding_for(self._tenant.client_id)
+
+    def binding_for(self, client_id: str) -> dict[str, Any]:
+        """The binding credentials of the application ``client_id``: :attr:`client_id` or
+        one of ``extra_applications``, each with its own certificate or secret."""
+        self._running()
+        tenant = self._tenant
+        if client_id == tenant.client_id:
+            secret, client = tenant.client_secret, self._client
+        elif client_id in tenant.extra_clients:
+            secret, client = tenant.extra_clients[client_id], self._clients.get(client_id)
+        else:
+            raise ValueError(f"{client_id!r} is no application of this emulator")
         binding: dict[str, Any] = {
-            "clientid": self._tenant.client_id,
+            "clientid": client_id,
             "url": self.url,
             "domains": ["localhost"],
-            "app_tid": self._tenant.app_tid,
-            "credential-type": self._tenant.credential_type,
+            "app_tid": tenant.app_tid,
+            "credential-type": tenant.credential_type,
         }
-        if self._tenant.credential_type == "SECRET":
-            binding["clientsecret"] = self._tenant.client_secret
+        if client is None:
+            binding["clientsecret"] = secret
         else:
-            assert self._client is not None
-            binding["certificate"] = self._client.certificate_pem
-            binding["key"] = self._client.key_pem
+            binding["certificate"] = client.certificate_pem
+            binding["key"] = client.key_pem
         return binding
+
+    # -- subscriber tenants ---------------------------------------------------------------
+
+    @property
+    def subscribers(self) -> tuple[str, ...]:
+        """The names of the subscriber tenants."""
+        return tuple(self._subscribers)
+
+    @property
+    def tenant_hosts(self) -> tuple[str, ...]:
+        """The host names this emulator answers for: ``localhost`` (the provider) and
+        ``<name>.localhost`` of every subscriber."""
+        return ("localhost", *(f"{name}.localhost" for name in self._subscribers))
+
+    def tenant_url(self, name: str | None = None) -> str:
+        """``https://<name>.localhost:<port>``: the URL and issuer of subscriber ``name``
+        (the provider's :attr:`url` for ``None``)."""
+        return self._tenant_of(name).issuer if name is not None else self.url
+
+    def tenant_app_tid(self, name: str | None = None) -> str:
+        """The ``app_tid`` of subscriber ``name`` (the provider's for ``None``)."""
+        return self._tenant_of(name).app_tid
+
+    def _tenant_of(self, name: str | None) -> Tenant:
+        self._running()
+        if name is None:
+            return self._tenant
+        try:
+            return self._subscribers[name]
+        except KeyError:
+            raise ValueError(f"{name!r} is no subscriber of this emulator") from None
 
     @property
     def xsuaa_url(self) -> str:
@@ -515,6 +666,10 @@ class IASEmulator:
         """The JWKS served at ``/oauth2/certs``."""
         return self._tenant.jwks()
 
+    def tenant_jwks(self, name: str) -> dict[str, Any]:
+        """The JWKS that subscriber ``name`` serves (its own keys)."""
+        return self._tenant_of(name).jwks()
+
     def rotate_keys(self, retire_old: bool = False) -> str:
         """Add a new signing key and return its kid. Old keys stay in the JWKS unless
         ``retire_old``; retired keys still sign through :meth:`sign` (``kid=``)."""
@@ -526,9 +681,13 @@ class IASEmulator:
         *,
         headers: Mapping[str, Any] | None = None,
         kid: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Sign ``claims`` as they are (RS256) with the current key, or the key ``kid`` names
-        (retired ones included). ``headers`` add to the JOSE header; ``None`` removes one."""
+        (retired ones included). ``headers`` add to the JOSE header; ``None`` removes one.
+        ``tenant`` signs with the keys of that subscriber."""
+        if tenant is not None:
+            return self._tenant_of(tenant).sign(claims, headers, kid)
         return self._tenant.sign(claims, headers, kid)
 
     def sign_xsuaa(
@@ -540,12 +699,13 @@ class IASEmulator:
         self._running()
         return self._tenant.sign_xsuaa(claims, headers)
 
-    def issue_public_token(self, **claims: Any) -> str:
+    def issue_public_token(self, *, tenant: str | None = None, **claims: Any) -> str:
         """A token as the PKCE flow gives the public client (first user, ``aud`` and
         ``azp`` = :attr:`public_client_id`); ``claims`` add or replace claims
-        (``name=None`` removes one)."""
-        self._running()
-        return self._tenant.sign(self._tenant.public_claims(None, claims), None, None)
+        (``name=None`` removes one). ``tenant`` names a subscriber: the token is then its
+        own (its issuer, ``app_tid`` and keys)."""
+        issuer = self._tenant_of(tenant)
+        return issuer.sign(issuer.public_claims(None, claims), None, None)
 
     def foreign_key_token(self, **claims: Any) -> str:
         """Like :meth:`issue_public_token` but signed by a key outside the JWKS that
@@ -707,25 +867,45 @@ class IASEmulator:
         if fault is not None and (fault.drop or fault.status is not None or fault.body is not None):
             response = Response(fault.status or 200, fault.body or b"", fault.headers, fault.drop)
         else:
-            response = self._tenant.route(request, params)
+            tenant = self._tenant_for_host(_host(request))
+            if tenant is None:
+                payload = {"error": "not_found", "error_description": "no such tenant"}
+                response = Response(
+                    404, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+                )
+            else:
+                response = tenant.route(request, params)
         if fault is not None:
             response.header_interval = fault.header_interval
         self._record(request, params, None if response.drop else response.status)
         return response
 
+    def _tenant_for_host(self, host: str) -> Tenant | None:
+        if host in ("localhost", "127.0.0.1", ""):
+            return self._tenant
+        name, dot, rest = host.partition(".")
+        return self._subscribers.get(name) if dot and rest == "localhost" else None
+
     def _record(self, request: Request, params: dict[str, list[str]], status: int | None) -> None:
         flat = {name: values[0] for name, values in params.items()}
+        lists = {name: list(values) for name, values in params.items()}
         if "client_secret" in flat:
             flat["client_secret"] = _REDACTED
+            lists["client_secret"] = [_REDACTED] * len(lists["client_secret"])
         headers = dict(request.headers)
         if "authorization" in headers:
             headers["authorization"] = headers["authorization"].split(" ")[0] + " " + _REDACTED
-        if basic_credentials(request.headers.get("authorization")) is not None:
+        basic = basic_credentials(request.headers.get("authorization"))
+        client_id: str | None = None
+        if basic is not None:
             method: str | None = "client_secret_basic"
+            client_id = basic[0]
         elif "client_secret" in flat:
             method = "client_secret_post"
+            client_id = flat.get("client_id")
         elif request.client_cn is not None:
             method = "tls_client_auth"
+            client_id = request.client_cn
         else:
             method = None
         call = Call(
@@ -737,6 +917,16 @@ class IASEmulator:
             method,
             status,
             request.connection_id,
+            _host(request),
+            client_id,
+            lists,
+            _certificate_thumbprint(request.client_certificate),
         )
         with self._lock:
             self._calls.append(call)
+
+
+def _host(request: Request) -> str:
+    """The host name the request named, without its port, lower-cased."""
+    host = request.headers.get("host", "")
+    return urlsplit(f"//{host}").hostname or ""

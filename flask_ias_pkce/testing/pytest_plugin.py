@@ -57,3 +57,13 @@ def shared_ias_emulator(
 def public_token(ias_emulator: IASEmulator) -> str:
     """A valid public-client token of ``ias_emulator``, as the PKCE flow would give it."""
     return ias_emulator.issue_public_token()
+
+
+@pytest.fixture
+def ias_tenant_hosts() -> Iterator[None]:
+    """Resolve ``*.localhost`` (the emulator's subscriber tenants) to 127.0.0.1 in this
+    process for the test; see :func:`~flask_ias_pkce.testing.resolve_tenant_hosts`."""
+    from flask_ias_pkce.testing.hosts import resolve_tenant_hosts
+
+    with resolve_tenant_hosts():
+        yield
