@@ -22,14 +22,6 @@ from flask_ias_pkce.testing import IASEmulator
 
 from helpers import build_app
 
-
-@pytest.fixture
-def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
-    """These tests leave the emulator as it was (faults and calls are per test): one
-    emulator serves the whole session."""
-    return shared_ias_emulator
-
-
 TOKEN_PATH = "/oauth2/token"
 WORDS = ("PASS", "FAIL", "SKIP")
 # click < 8.2 mixes standard error into standard output unless told not to.

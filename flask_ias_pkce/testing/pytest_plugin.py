@@ -42,9 +42,10 @@ def shared_ias_emulator(
     every test of the session that asks for it: no new server, CA and keys per test.
 
     Each test starts with no recorded calls and no injected faults (and its own faults are
-    removed after it). Rotated keys stay rotated: tokens issued afterwards are signed with
-    the current key, so later tests do not notice; a test that needs the first keys, or
-    counts connections, takes :func:`ias_emulator`.
+    removed after it). Rotated signing keys stay rotated: tokens issued afterwards are
+    signed with the current key, so later tests do not notice. A test that changes the
+    client certificate (``rotate_client_certificate``, ``refuse_client_certificate``),
+    needs the first keys, or counts connections takes :func:`ias_emulator`.
     """
     emulator = _ias_emulator_of_the_session
     emulator.reset_calls()
