@@ -76,7 +76,7 @@ def _bound_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, *
     timeout = CONFIG_DEFAULTS["IAS_PKCE_TIMEOUT"]
     policy = HttpPolicy(timeout=timeout, retries=CONFIG_DEFAULTS["IAS_PKCE_RETRIES"])
     one_call = policy.worst_case_seconds()
-    values = {"call": one_call, "miss": 5 * one_call}
+    values = {"call": one_call, "miss": 6 * one_call}
     if text not in values:
         message = inliner.reporter.error(f"unknown bound {text!r}", line=lineno)
         return [inliner.problematic(rawtext, rawtext, message)], [message]

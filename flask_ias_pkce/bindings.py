@@ -73,6 +73,8 @@ class IdentityBinding(_MaskedRepr):
     source: str
     #: The binding's name (instance name, folder or ``name`` of ``IAS_PKCE_BINDINGS``).
     name: str = ""
+    #: The binding's ``certificate_expires_at`` as given (ISO 8601), when it has one.
+    certificate_expires_at: str | None = None
 
     @property
     def uses_certificate(self) -> bool:
@@ -406,6 +408,7 @@ def _identity_from(
         credential_type=credential_type,
         source=source,
         name=name,
+        certificate_expires_at=text("certificate_expires_at"),
     )
     _check_credentials(binding)
     return binding

@@ -33,6 +33,7 @@ from .bindings import BindingError
 from .cache import shared_backend
 from .config import ConfigError, foreign_audiences_warning
 from .constants import EXTENSION_NAME
+from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
 from .extension import _State
 from .service import Route
@@ -177,6 +178,7 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
         + (bindings.xsuaa.source if bindings.xsuaa is not None else "app.config")
     )
     steps.detail(f"accepted audiences {sorted(route.audiences)}")
+    _check_certificate_expiry(steps, state)
     audience_warning = (
         foreign_audiences_warning(settings) if len(bindings.identities) == 1 else None
     )
@@ -226,6 +228,19 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
         _check_client_authentication(steps, route, origin, method)
     else:
         steps.skipped("client auth", "needs a TLS connection")
+
+
+def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
+    credentials = state.authenticator.exchanger.credentials
+    expiry = credentials.expiry()
+    if expiry is None:
+        return
+    remaining = expiry - time.time()
+    line = f"client certificate expires on {expiry_date(expiry)} (in {remaining / 86400:.1f} days)"
+    if remaining <= EXPIRY_WARNING_SECONDS:
+        steps.warned("certificate", f"{line}: renew the binding")
+    else:
+        steps.passed("certificate", line)
 
 
 def _check_cache(steps: _Steps, state: _State) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ class Settings:
     protect: str
     realm: str
     leeway: int
+    min_remaining: int
+    resources: tuple[str, ...]
     max_token_bytes: int
     use_token: str
     passthrough: bool
@@ -70,6 +73,8 @@ class Settings:
                 xsuaa.client_id if xsuaa is not None else None,
                 self.use_token,
                 self.passthrough,
+                # A token exchanged for other resources is another token.
+                sorted(self.resources),
             ]
         )
         return hashlib.sha256(material.encode()).hexdigest()[:12]
@@ -134,6 +139,23 @@ def _audiences(config: Mapping[str, Any], default: str) -> frozenset[str]:
     ):
         raise ConfigError("IAS_PKCE_ACCEPTED_AUDIENCES must be a client id or a list of them")
     return frozenset(items)
+
+
+_RESOURCE = re.compile(r"urn:[\x21-\x7e]{1,250}")
+
+
+def _resources(config: Mapping[str, Any]) -> tuple[str, ...]:
+    value = config["IAS_PKCE_RESOURCES"]
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(
+        isinstance(item, str) and _RESOURCE.fullmatch(item) for item in items
+    ):
+        raise ConfigError(
+            "IAS_PKCE_RESOURCES must be a resource URN (urn:..., no spaces) or a list of them"
+        )
+    return tuple(dict.fromkeys(items))
 
 
 def _tenants(config: Mapping[str, Any]) -> frozenset[str] | None:
@@ -202,6 +224,8 @@ def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
         protect=_choice(values, "IAS_PKCE_PROTECT", PROTECT_MODES),
         realm=realm,
         leeway=_integer(values, "IAS_PKCE_LEEWAY", 0, 300),
+        min_remaining=_integer(values, "IAS_PKCE_MIN_REMAINING", 0, 3600),
+        resources=_resources(values),
         max_token_bytes=_integer(values, "IAS_PKCE_MAX_TOKEN_BYTES", 256, 65536),
         use_token=_choice(values, "IAS_PKCE_USE_TOKEN", USE_TOKEN_CHOICES),
         passthrough=_flag(values, "IAS_PKCE_PASSTHROUGH"),

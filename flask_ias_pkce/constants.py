@@ -36,6 +36,8 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
     "IAS_PKCE_ACCEPTED_AUDIENCES": None,
     "IAS_PKCE_USE_TOKEN": "id_token",
     "IAS_PKCE_LEEWAY": 60,
+    "IAS_PKCE_MIN_REMAINING": 60,
+    "IAS_PKCE_RESOURCES": None,
     "IAS_PKCE_VERIFY": True,
     "IAS_PKCE_TIMEOUT": (3.05, 10.0),
     "IAS_PKCE_RETRIES": 2,
@@ -108,7 +110,14 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_USE_TOKEN": "Which token of the exchange answer is used downstream: "
     '``"id_token"`` or ``"access_token"``.',
     "IAS_PKCE_LEEWAY": "Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` "
-    "(0 to 300); also taken off every cache lifetime.",
+    "(0 to 300). How long before its expiry a cached token stops being served is "
+    "``IAS_PKCE_MIN_REMAINING``.",
+    "IAS_PKCE_MIN_REMAINING": "Seconds (0 to 3600) an exchanged token (and an XSUAA token) "
+    "must still be valid to be served from the cache; a token closer to its expiry is "
+    "exchanged again. Separate from the clock leeway.",
+    "IAS_PKCE_RESOURCES": "Resource URNs (a string or a list, each ``urn:...``) sent as "
+    "``resource=`` with every exchange, for IAS application dependencies such as "
+    "``urn:sap:identity:application:provider:name:<name>``. Part of the cache scope.",
     "IAS_PKCE_VERIFY": "TLS verification of IAS: ``True`` (the system's CA bundle) or the "
     "path of a CA bundle. ``False`` is refused. Passed per request, so "
     "``REQUESTS_CA_BUNDLE`` cannot override it.",
@@ -178,5 +187,19 @@ RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: Backoff between retries: base * 2**attempt, capped, with jitter.
 RETRY_BACKOFF_BASE_SECONDS: Final = 0.2
 RETRY_BACKOFF_CAP_SECONDS: Final = 2.0
+#: The header that carries the correlation id on every call to IAS and XSUAA (the SAP Java
+#: library's name; @sap/xssec sends ``x-vcap-request-id``).
+CORRELATION_HEADER: Final = "X-Correlation-ID"
+#: Incoming headers whose value, when it is a short token of safe characters, becomes the
+#: correlation id of the calls made for that request; first found wins.
+INCOMING_CORRELATION_HEADERS: Final = ("X-Correlation-ID", "X-Vcap-Request-Id")
+#: The token endpoint found in an issuer's discovery document is kept this long.
+DISCOVERY_TTL_SECONDS: Final = 60 * 60
+#: Binding folders under ``$SERVICE_BINDING_ROOT`` are looked at this often for new
+#: credentials (a change is in use within this, well inside 10 seconds).
+BINDING_POLL_SECONDS: Final = 2.0
+#: A re-read of the bindings after IAS refused our client is skipped when one took place
+#: less than this ago: a flood of refusals reads the files once, not once per request.
+REREAD_MIN_INTERVAL_SECONDS: Final = 1.0
 #: ``Retry-After`` sent with a 503 when IAS cannot be reached.
 RETRY_AFTER_SECONDS: Final = 5

@@ -12,13 +12,13 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
 
 import requests
-from flask import Blueprint, Flask, Request, current_app, g, request
+from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
 from flask_caching import Cache
 from flask_caching.backends.base import BaseCache
 from flask_caching.backends.nullcache import NullCache
@@ -38,8 +38,22 @@ from .config import (
     is_enabled,
     load_settings,
 )
-from .constants import CONFIG_DEFAULTS, EXTENSION_NAME, G_ATTRIBUTE, REDIS_CACHE_KEYS
+from .constants import (
+    BINDING_POLL_SECONDS,
+    CONFIG_DEFAULTS,
+    EXTENSION_NAME,
+    G_ATTRIBUTE,
+    INCOMING_CORRELATION_HEADERS,
+    REDIS_CACHE_KEYS,
+)
 from .context import TokenContext, current_token, resolve_g
+from .credentials import (
+    BindingWatcher,
+    ClientIdentity,
+    CredentialReloader,
+    Credentials,
+    identity_credentials,
+)
 from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
 from .exchange import ExchangeClient
 from .sealing import Sealer
@@ -94,6 +108,8 @@ class _State:
     authenticator: Authenticator
     keys: JWKSCache
     policy: http.HttpPolicy
+    reloader: CredentialReloader | None = None
+    watcher: BindingWatcher | None = None
     modes: dict[str, str] = field(default_factory=dict)
     #: The second hop, when the xsuaa binding allows it (scope rules need it).
     xsuaa: XsuaaHop | None = None
@@ -158,7 +174,10 @@ class IASPKCE:
         if audience_warning is not None:
             logger.warning("%s", audience_warning)
         policy = http.HttpPolicy(
-            verify=settings.verify, timeout=settings.timeout, retries=settings.retries
+            verify=settings.verify,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            correlation_id=correlation_id,
         )
         routes = [
             _route(identity, settings, policy, self._clock) for identity in bindings.identities
@@ -170,8 +189,9 @@ class IASPKCE:
             l1_size=settings.l1_size,
             clock=self._clock,
             # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
-            # exchanged token's tenant and client, and the exchange: each up to the worst case.
-            wait_timeout=5 * policy.worst_case_seconds(),
+            # exchanged token's tenant and client, the token endpoint's discovery and the
+            # exchange: each up to the worst case.
+            wait_timeout=6 * policy.worst_case_seconds(),
             scope=settings.cache_scope(),
         )
         xsuaa_hop = (
@@ -180,6 +200,7 @@ class IASPKCE:
                 policy=policy,
                 cache=token_cache,
                 leeway=settings.leeway,
+                min_remaining=settings.min_remaining,
                 clock=self._clock,
                 # The x-zid for a token without app_tid: its binding's, when all agree.
                 app_tid=_common_app_tid(bindings),
@@ -198,6 +219,7 @@ class IASPKCE:
         _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
+        self._watch_credentials(app, state, routes, xsuaa_hop)
         app.before_request(self._hook(state))
         logger.info(
             "flask-ias-pkce ready: binding%s from %s, cache %s, XSUAA hop %s",
@@ -209,6 +231,66 @@ class IASPKCE:
             type(backend).__name__,
             "off" if xsuaa_hop is None else "mTLS" if xsuaa_hop.uses_certificate else "secret",
         )
+
+    def _watch_credentials(
+        self, app: Flask, state: _State, routes: Sequence[Route], xsuaa_hop: XsuaaHop | None
+    ) -> None:
+        # The app only by weak reference: neither the reloader nor the watcher thread may
+        # keep an app alive (Flask's extension rules).
+        app_ref = weakref.ref(app)
+        config = app.config
+
+        def announce(credentials: Credentials, expiry: float) -> None:
+            sender = app_ref()
+            if sender is not None and signals.credentials_expiring.receivers:
+                signals.credentials_expiring.send(
+                    sender,
+                    binding=credentials.name,
+                    expires_at=expiry,
+                    remaining=expiry - self._clock(),
+                )
+
+        reloader = CredentialReloader(
+            lambda: load_bindings(config, os.environ),
+            [route.exchanger.credentials for route in routes],
+            xsuaa_hop.credentials if xsuaa_hop is not None else None,
+            clock=self._clock,
+            announce=announce,
+        )
+        for route in routes:
+            route.exchanger.reread = reloader.reread
+        if xsuaa_hop is not None:
+            xsuaa_hop.reread = reloader.reread
+        state.reloader = reloader
+        reloader.check_expiry()
+        root = os.environ.get("SERVICE_BINDING_ROOT")
+        if root and os.path.isdir(root):
+            state_ref = weakref.ref(state)
+            state.watcher = BindingWatcher(
+                root,
+                reloader.reload,
+                alive=lambda: app_ref() is not None and state_ref() is not None,
+                interval=BINDING_POLL_SECONDS,
+            ).start()
+
+    def reload_credentials(self, app: Flask | None = None) -> bool:
+        """Read the app's bindings again from where they were found (``app.config``,
+        ``VCAP_SERVICES``, ``$SERVICE_BINDING_ROOT``) and use their certificate and key (or
+        secret) for the next call to IAS and XSUAA.
+
+        For apps that get new credentials some other way than files the extension watches.
+        Credentials that cannot be used (a binding that does not read, a certificate and
+        key that do not belong together, an expired certificate) change nothing.
+
+        :param app: the app; the current app when ``None``.
+        :returns: whether other credentials are in use now (never, when the extension is
+            disabled: it holds no credentials then).
+        """
+        target = app if app is not None else _app()
+        state: _State | None = target.extensions.get(EXTENSION_NAME)
+        if state is None or state.reloader is None:
+            return False
+        return state.reloader.reload()
 
     # -- policy -------------------------------------------------------------------------
 
@@ -453,15 +535,70 @@ class IASPKCE:
 
     # -- outbound -----------------------------------------------------------------------
 
-    def session(self) -> requests.Session:
+    def session(self, *, mtls: bool | None = None) -> requests.Session:
         """A :class:`requests.Session` that sends the request's exchanged token as Bearer.
 
-        Use it for calls to XSUAA-aware services inside a request. TLS verification is
-        ``requests``' default; the token is read at send time, per request.
+        Use it for calls to XSUAA-aware services inside a request. The token is read at
+        send time, per request; so is the client certificate.
+
+        :param mtls: ``True``: every HTTPS call also presents the binding's client
+            certificate (mTLS), as services on certificate routes that check a token's
+            ``cnf`` claim need; the key stays in memory, as for calls to IAS. ``None``
+            (the default): the certificate goes along when the request's exchanged token
+            is bound to it (carries ``cnf.x5t#S256``). ``False``: never.
+
+        TLS verification is ``requests``' default (``verify=`` per request overrides it).
         """
         session = requests.Session()
         session.auth = _CurrentTokenAuth()
+        if mtls is not False:
+            session.mount("https://", _DownstreamAdapter(always=mtls is True))
         return session
+
+
+class _DownstreamAdapter(http.ClientCertificateAdapter):
+    """Presents the current app's client certificate when asked to, or when the request's
+    token is bound to a certificate."""
+
+    def __init__(self, *, always: bool) -> None:
+        self._always = always
+        super().__init__(self._chosen_identity, pool_connections=10, pool_maxsize=10)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:
+        if self.identity() is None:
+            # No certificate to present: TLS exactly as requests does it.
+            return requests.adapters.HTTPAdapter.build_connection_pool_key_attributes(
+                self, request, verify, cert
+            )
+        return super().build_connection_pool_key_attributes(request, verify, cert)
+
+    def _chosen_identity(self) -> ClientIdentity | None:
+        if not self._always and not _certificate_bound(current_token):
+            return None
+        state: _State = _app().extensions[EXTENSION_NAME]
+        identity = _route_of(state, current_token).exchanger.credentials.identity
+        if identity is None:
+            raise RuntimeError("ias.session(mtls=True): the IAS binding has no client certificate")
+        return identity
+
+
+def _route_of(state: _State, token: Any) -> Route:
+    """The binding that obtained ``token``: the first whose client id is in its ``aud``
+    (as the request was routed), else the first binding."""
+    routes = state.authenticator.routes
+    audience = token.claims.get("aud") if token else None
+    held = {audience} if isinstance(audience, str) else set(audience or ())
+    return next((route for route in routes if route.binding.client_id in held), routes[0])
+
+
+def _certificate_bound(token: Any) -> bool:
+    """Whether ``token`` (a TokenContext or nothing) carries ``cnf.x5t#S256`` (RFC 8705)."""
+    if not token:
+        return False
+    confirmation = token.claims.get("cnf")
+    return isinstance(confirmation, Mapping) and isinstance(confirmation.get("x5t#S256"), str)
 
 
 def _route(
@@ -472,7 +609,14 @@ def _route(
 ) -> Route:
     """What serves one IAS binding alone: its own session (client certificate), key sets,
     verifier and accepted audiences."""
-    exchanger = ExchangeClient(identity, policy=policy, use_token=settings.use_token)
+    exchanger = ExchangeClient(
+        identity,
+        policy=policy,
+        use_token=settings.use_token,
+        resources=settings.resources,
+        clock=clock,
+        credentials=identity_credentials(identity),
+    )
     url = urlsplit(identity.url)
     # An issuer may name no port, 443, or the binding URL's own port; no other.
     ports = (None, 443, url.port)
@@ -557,6 +701,32 @@ def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
+_CORRELATION_ATTRIBUTE: Final = "_ias_pkce_correlation_id"
+
+
+def correlation_id() -> str:
+    """The correlation id of the current request: its ``X-Correlation-ID`` or
+    ``X-Vcap-Request-Id`` when that is a short token of safe characters, else a new one
+    (the same for the whole request). Outside a request, a new one per call.
+
+    Worked out only when a call to IAS or XSUAA is made or a line is logged: a cache hit
+    never needs it.
+    """
+    if not has_request_context():
+        return http.new_correlation_id()
+    known: str | None = g.get(_CORRELATION_ATTRIBUTE)
+    if known is None:
+        headers = request.headers
+        for name in INCOMING_CORRELATION_HEADERS:
+            known = http.checked_correlation_id(headers.get(name))
+            if known is not None:
+                break
+        else:
+            known = http.new_correlation_id()
+        setattr(g, _CORRELATION_ATTRIBUTE, known)
+    return known
+
+
 def _authorize(rules: tuple[Requirement, ...], context: TokenContext) -> None:
     """Raise :class:`~flask_ias_pkce.InsufficientScope` for the first rule not met.
 
@@ -605,12 +775,13 @@ def _report_exchange(context: TokenContext, duration: float) -> None:
     issuer = claims.get("ias_iss", claims.get("iss"))
     # The endpoint, not the path: paths can hold user data (and, decoded, line breaks).
     logger.info(
-        "Token %s for %s %s (issuer %s, %.0f ms)",
+        "Token %s for %s %s (issuer %s, %.0f ms, correlation %s)",
         "passed through, it carries the XSUAA audience," if context.passthrough else "exchanged",
         request.method,
         request.endpoint,
         issuer,
         duration * 1000,
+        correlation_id(),
     )
     if signals.token_exchanged.receivers:
         signals.token_exchanged.send(
@@ -639,9 +810,10 @@ def _report_refusal(error: IASPKCEError, duration: float) -> None:
         signal = signals.token_rejected
     logger.log(
         level,
-        "Refused %s %s: %d %s, reason %s",
+        "Refused %s %s (correlation %s): %d %s, reason %s",
         request.method,
         request.endpoint,
+        correlation_id(),
         code,
         error.error,
         error.reason,

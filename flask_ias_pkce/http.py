@@ -19,9 +19,9 @@ import random
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +34,13 @@ from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .constants import (
+    CORRELATION_HEADER,
     RETRY_AFTER_SECONDS,
     RETRY_BACKOFF_BASE_SECONDS,
     RETRY_BACKOFF_CAP_SECONDS,
     RETRY_STATUSES,
 )
+from .credentials import ClientIdentity, Credentials
 from .errors import IASRefused, IASTimeout, IASUnavailable
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -47,6 +49,21 @@ logger = logging.getLogger("flask_ias_pkce")
 MAX_ANSWER_BYTES = 256 * 1024
 
 Verify = bool | str
+
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def checked_correlation_id(value: str | None) -> str | None:
+    """``value`` when it is a usable correlation id: a short token of safe characters
+    (it goes into our headers and log lines), else ``None``."""
+    if value is not None and _CORRELATION_ID.fullmatch(value):
+        return value
+    return None
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id, for calls that no incoming request names."""
+    return str(uuid.uuid4())
 
 
 #: When the answer of the call under way must be in, headers and body (time.monotonic()).
@@ -101,22 +118,34 @@ def _with_deadlines(manager: Any) -> Any:
     return manager
 
 
-class _ClientCertificateAdapter(HTTPAdapter):
-    """An adapter whose TLS contexts carry the binding's client certificate.
+class ClientCertificateAdapter(HTTPAdapter):
+    """An adapter whose TLS contexts carry a client certificate, read at send time.
 
     ``requests`` can only load a client certificate from files, on every new connection.
-    Here the PEM text is loaded once per trust setting into an :class:`ssl.SSLContext`
-    and the files it passed through are removed at once, so the private key lives in
-    memory only. The context is handed to urllib3 through the documented
-    ``build_connection_pool_key_attributes`` hook.
+    Here the PEM text is loaded once per certificate and trust setting into an
+    :class:`ssl.SSLContext` and the files it passed through are removed at once, so the
+    private key lives in memory only. The context is handed to urllib3 through the
+    documented ``build_connection_pool_key_attributes`` hook; it is part of the pool key,
+    so a rotated certificate gets connections of its own at the next call.
+
+    :param identity: gives the client identity to present now (``None``: none).
+    :param reread: reads the binding again; called once when a TLS handshake fails, so a
+        rotated certificate is picked up before the call is given up.
     """
 
-    def __init__(self, certificate: str | None, key: str | None) -> None:
-        self._certificate = certificate
-        self._key = key
+    def __init__(
+        self,
+        identity: Callable[[], ClientIdentity | None] = lambda: None,
+        *,
+        reread: Callable[[], object] | None = None,
+        pool_connections: int = 4,
+        pool_maxsize: int = 32,
+    ) -> None:
+        self._identity = identity
+        self.reread = reread
         self._contexts: dict[Verify, ssl.SSLContext] = {}
         self._contexts_lock = threading.Lock()
-        super().__init__(pool_connections=4, pool_maxsize=32)
+        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -134,65 +163,64 @@ class _ClientCertificateAdapter(HTTPAdapter):
         if host_params.get("scheme") != "https":
             return host_params, pool_kwargs
         # The context carries trust and identity: no other TLS keyword may override it.
-        return host_params, {"ssl_context": self._context(verify)}
+        return host_params, {"ssl_context": self.context(verify)}
 
-    def _context(self, verify: Verify) -> ssl.SSLContext:
-        with self._contexts_lock:
-            context = self._contexts.get(verify)
+    def identity(self) -> ClientIdentity | None:
+        """The client identity the next connection presents."""
+        return self._identity()
+
+    def context(self, verify: Verify) -> ssl.SSLContext:
+        """The TLS context for ``verify`` with the identity in use now."""
+        identity = self.identity()
+        cache = identity.contexts if identity is not None else self._contexts
+        lock = identity.contexts_lock if identity is not None else self._contexts_lock
+        with lock:
+            context = cache.get(verify)
             if context is None:
-                context = self._contexts[verify] = self._new_context(verify)
+                context = cache[verify] = _new_context(verify, identity)
             return context
 
-    def _new_context(self, verify: Verify) -> ssl.SSLContext:
-        if verify is False:
-            # Never reached through our settings (they refuse False); kept as a hard stop.
-            raise ValueError("TLS verification of IAS cannot be turned off")
-        bundle = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
-        try:
-            if os.path.isdir(bundle):
-                context = ssl.create_default_context(capath=bundle)
-            else:
-                context = ssl.create_default_context(cafile=bundle)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self._certificate and self._key:
-                _load_identity(context, self._certificate, self._key)
-        except OSError as error:  # ssl.SSLError included
-            # A CA bundle removed or damaged after start-up (it is read at the first call,
-            # not at init_app) is a TLS failure like any other: a 503 for the user, not a
-            # 500. Nothing is cached, so the next call tries the file again.
-            raise requests.exceptions.SSLError(
-                f"TLS set-up failed: {type(error).__name__}"
-            ) from None
-        return context
 
-
-def _load_identity(context: ssl.SSLContext, certificate: str, key: str) -> None:
-    # The ssl module reads a certificate chain only from files: write both into a private
-    # folder (0700, files 0600), load them and remove them before anything else runs.
-    folder = tempfile.mkdtemp(prefix="ias-pkce-")
+def _new_context(verify: Verify, identity: ClientIdentity | None) -> ssl.SSLContext:
+    if verify is False:
+        # Never reached through our settings (they refuse False); kept as a hard stop.
+        raise ValueError("TLS verification cannot be turned off")
+    bundle = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
     try:
-        paths = []
-        for name, text in (("certificate.pem", certificate), ("key.pem", key)):
-            path = os.path.join(folder, name)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(text)
-            paths.append(path)
-        context.load_cert_chain(certfile=paths[0], keyfile=paths[1])
-    finally:
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
+        if os.path.isdir(bundle):
+            context = ssl.create_default_context(capath=bundle)
+        else:
+            context = ssl.create_default_context(cafile=bundle)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if identity is not None:
+            identity.load_into(context)
+    except OSError as error:  # ssl.SSLError included
+        # A CA bundle removed or damaged after start-up (it is read at the first call,
+        # not at init_app) is a TLS failure like any other: a 503 for the user, not a
+        # 500. Nothing is cached, so the next call tries the file again.
+        raise requests.exceptions.SSLError(f"TLS set-up failed: {type(error).__name__}") from None
+    return context
 
 
-def new_session(certificate: str | None = None, key: str | None = None) -> requests.Session:
-    """A keep-alive session for IAS; with ``certificate`` and ``key``, it authenticates by mTLS."""
+def new_session(
+    certificate: str | None = None,
+    key: str | None = None,
+    *,
+    identity: Callable[[], ClientIdentity | None] | None = None,
+    reread: Callable[[], object] | None = None,
+) -> requests.Session:
+    """A keep-alive session for IAS; with ``certificate`` and ``key`` (or ``identity``, read
+    at every call, for credentials that rotate), it authenticates by mTLS. ``reread`` is
+    called once when a TLS handshake fails (see :class:`ClientCertificateAdapter`)."""
+    if identity is None:
+        fixed = ClientIdentity(certificate, key) if certificate and key else None
+        identity = lambda: fixed  # noqa: E731
     session = requests.Session()
     # Nothing from the environment reaches a call to IAS by surprise: no .netrc credentials,
     # no REQUESTS_CA_BUNDLE in place of IAS_PKCE_VERIFY. Proxies still come from it, read
     # once per origin (_proxies_for), which also spares every call requests' own lookups.
     session.trust_env = False
-    adapter = _ClientCertificateAdapter(certificate, key)
+    adapter = ClientCertificateAdapter(identity, reread=reread)
     session.mount("https://", adapter)
     # Plain HTTP is never used towards IAS: an http:// URL fails instead of leaking a token.
     session.mount("http://", _RefuseHTTP())
@@ -213,6 +241,9 @@ class HttpPolicy:
     retries: int = 2
     sleep: Callable[[float], None] = time.sleep
     jitter: Callable[[], float] = field(default=random.random)
+    #: The correlation id of the work at hand (the incoming request's, or a new one),
+    #: sent as ``X-Correlation-ID`` with every call.
+    correlation_id: Callable[[], str] = new_correlation_id
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): exponential, capped, jittered."""
@@ -302,32 +333,43 @@ def call(
     """
     last_status: int | None = None
     retry_after = RETRY_AFTER_SECONDS
+    # One id for the call and its retries, so IAS's logs and ours tell one story.
+    correlation = policy.correlation_id()
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), CORRELATION_HEADER: correlation}
     for attempt in range(policy.retries + 1):
         if attempt:
             policy.sleep(policy.backoff(attempt - 1))
         try:
-            answer = _send(session, method, url, policy, **kwargs)
+            answer = _send_rereading(session, method, url, policy, **kwargs)
         except requests.exceptions.ConnectTimeout:
-            logger.warning("%s: connect timeout (attempt %d)", what, attempt + 1)
+            logger.warning(
+                "%s: connect timeout (attempt %d, correlation %s)", what, attempt + 1, correlation
+            )
             continue
         except requests.exceptions.ReadTimeout:
-            logger.warning("%s: IAS did not answer within the timeout", what)
+            logger.warning(
+                "%s: IAS did not answer within the timeout (correlation %s)", what, correlation
+            )
             raise IASTimeout(
                 "The identity service did not answer in time", reason=f"{what}_timeout"
             ) from None
         except requests.exceptions.SSLError:
             # Certificates do not mend themselves between attempts.
-            logger.error("%s: TLS handshake failed", what)
+            logger.error("%s: TLS handshake failed (correlation %s)", what, correlation)
             raise IASUnavailable(
                 "The identity service cannot be reached securely",
                 reason=f"{what}_tls_error",
                 retry_after=RETRY_AFTER_SECONDS,
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
-            logger.warning("%s: connection failed (attempt %d)", what, attempt + 1)
+            logger.warning(
+                "%s: connection failed (attempt %d, correlation %s)", what, attempt + 1, correlation
+            )
             continue
         except requests.exceptions.RequestException as error:
-            logger.error("%s: request failed: %s", what, type(error).__name__)
+            logger.error(
+                "%s: request failed: %s (correlation %s)", what, type(error).__name__, correlation
+            )
             raise IASUnavailable(
                 "The identity service cannot be reached",
                 reason=f"{what}_unreachable",
@@ -339,7 +381,13 @@ def call(
         if not transient and attempt == policy.retries:
             return answer  # the caller maps its own answers once retries are spent
         last_status = answer.status
-        logger.warning("%s: IAS answered %d (attempt %d)", what, answer.status, attempt + 1)
+        logger.warning(
+            "%s: IAS answered %d (attempt %d, correlation %s)",
+            what,
+            answer.status,
+            attempt + 1,
+            correlation,
+        )
         asked = _retry_after(answer.headers)
         if asked is not None:
             retry_after = max(1, asked)
@@ -360,6 +408,25 @@ def _origin(url: str) -> str:
 def _proxies_for(origin: str) -> dict[str, str]:
     # HTTPS_PROXY and NO_PROXY as requests reads them; the origins we call are few.
     return requests.utils.get_environ_proxies(origin)
+
+
+def _send_rereading(
+    session: requests.Session, method: str, url: str, policy: HttpPolicy, **kwargs: Any
+) -> Answer:
+    # A handshake that fails on our certificate may mean that it was rotated out: read the
+    # binding again once and, if that brought another certificate, try with it.
+    try:
+        return _send(session, method, url, policy, **kwargs)
+    except requests.exceptions.SSLError:
+        adapter = session.get_adapter(url)
+        if not isinstance(adapter, ClientCertificateAdapter) or adapter.reread is None:
+            raise
+        before = adapter.identity()
+        adapter.reread()
+        if adapter.identity() is before:
+            raise
+        logger.info("Retrying with the credentials read again after a TLS failure")
+        return _send(session, method, url, policy, **kwargs)
 
 
 def _send(
@@ -413,3 +480,25 @@ def _read_body(response: requests.Response, deadline: float) -> bytes:
     except urllib3.exceptions.DecodeError:
         raise requests.exceptions.ContentDecodingError("the answer cannot be decoded") from None
     return bytes(body)
+
+
+def call_rereading(
+    credentials: Credentials,
+    reread: Callable[[], object] | None,
+    send: Callable[[], Answer],
+    refuses_client: Callable[[Answer], bool],
+) -> Answer:
+    """``send()``; when the answer refuses our client (``refuses_client``), read the binding
+    again once (``reread``) and, if that brought other credentials, ``send()`` once more
+    with them. Rotated credentials then cost no failed request, even before the binding
+    watcher has seen the new files. (A failed TLS handshake is handled the same way by the
+    session's :class:`ClientCertificateAdapter`.)"""
+    before = credentials.identity, credentials.secret
+    answer = send()
+    if reread is None or not refuses_client(answer):
+        return answer
+    reread()
+    if (credentials.identity, credentials.secret) == before:
+        return answer
+    logger.info("Retrying with the credentials read again after our client was refused")
+    return send()

@@ -172,11 +172,12 @@ class Authenticator:
         return entry
 
     def _not_after(self, *expiries: float) -> float:
-        """Until when an entry is served: the earliest expiry less the leeway. A token
-        already within the leeway of its expiry is kept until that expiry itself (never
-        after it) rather than exchanged again on every request of its last minute."""
+        """Until when an entry is served: the earliest expiry less
+        ``IAS_PKCE_MIN_REMAINING``. A token already within that margin of its expiry is
+        kept until that expiry itself (never after it) rather than exchanged again on
+        every request of its last minute."""
         earliest = min(expiries)
-        with_margin = earliest - self.settings.leeway
+        with_margin = earliest - self.settings.min_remaining
         return with_margin if with_margin > self._clock() else earliest
 
 

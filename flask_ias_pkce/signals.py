@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["cache_hit", "exchange_failed", "token_exchanged", "token_rejected"]
+__all__ = [
+    "cache_hit",
+    "credentials_expiring",
+    "exchange_failed",
+    "token_exchanged",
+    "token_rejected",
+]
 
 _signals = Namespace()
 
@@ -71,3 +77,16 @@ token_rejected = _signals.signal("token-rejected")
 #: :param status: the HTTP status of the answer.
 #: :param duration: seconds spent on the request by the extension, waits for IAS included.
 exchange_failed = _signals.signal("exchange-failed")
+
+#: The client certificate in use expires within 3 days: sent at ``init_app`` and whenever
+#: credentials are loaded (a rotation, :meth:`~flask_ias_pkce.IASPKCE.reload_credentials`),
+#: with the WARNING log line "... expires on <date> ...". The expiry is the earlier of the
+#: certificate's own ``notAfter`` and the binding's ``certificate_expires_at``.
+#: Not sent from a request: receivers run wherever the credentials were loaded (the
+#: binding watcher's thread included).
+#:
+#: :param sender: the Flask app.
+#: :param binding: where the binding was found (such as ``SERVICE_BINDING_ROOT/ias``).
+#: :param expires_at: the expiry, seconds since the epoch.
+#: :param remaining: seconds left until then (0 or less: expired).
+credentials_expiring = _signals.signal("credentials-expiring")

@@ -52,6 +52,7 @@ from .constants import (
     ALGORITHM,
     JWT_BEARER_GRANT,
 )
+from .credentials import ClientIdentity, Credentials, xsuaa_credentials
 from .errors import IASPKCEError, IASRefused
 from .verify import KID_PATTERN, KeySet, audiences, check_times, rsa_signing_keys
 
@@ -94,7 +95,9 @@ class XsuaaHop:
     :param binding: the xsuaa binding; see :func:`hop_possible`.
     :param policy: TLS trust, timeouts and retries, the same as towards IAS.
     :param cache: the extension's token cache (entries under purpose ``"xsuaa"``).
-    :param leeway: seconds of clock skew allowed and taken off the cache TTL.
+    :param leeway: seconds of clock skew allowed.
+    :param min_remaining: seconds an XSUAA token must still be valid to be served from
+        the cache (default: ``leeway``).
     :param clock: seconds since the epoch.
     :param app_tid: the tenant of the IAS binding, sent as ``x-zid`` when the token has none.
     :param session: the keep-alive session; by default one made for the binding.
@@ -108,6 +111,7 @@ class XsuaaHop:
         cache: TokenCache,
         leeway: float,
         clock: Callable[[], float],
+        min_remaining: float | None = None,
         app_tid: str | None = None,
         session: requests.Session | None = None,
     ) -> None:
@@ -130,18 +134,26 @@ class XsuaaHop:
         self._policy = policy
         self._cache = cache
         self._leeway = leeway
+        self._min_remaining = leeway if min_remaining is None else min_remaining
         self._clock = clock
         self._app_tid = app_tid
-        self.session = session or (
-            http.new_session(binding.certificate, binding.key)
-            if self.uses_certificate
-            else http.new_session()
-        )
+        #: The certificate or secret in use; replaced when the binding's files rotate.
+        self.credentials: Credentials = xsuaa_credentials(binding)
+        self.session = session or http.new_session(identity=self._identity, reread=self._reread)
+        #: Reads the binding again (set by the extension), as for the exchange at IAS.
+        self.reread: Callable[[], object] | None = None
         self._key_sets: OrderedDict[str | None, KeySet] = OrderedDict()
         self._key_sets_lock = threading.Lock()
         #: What XSUAA puts before an app's own (local) scopes: ``"<xsappname>."``, or
         #: ``None`` when the binding names no ``xsappname``.
         self.scope_prefix = f"{binding.xsappname}." if binding.xsappname else None
+
+    def _identity(self) -> ClientIdentity | None:
+        return self.credentials.identity
+
+    def _reread(self) -> None:
+        if self.reread is not None:
+            self.reread()
 
     def __call__(self, context: TokenContext) -> str:
         """The XSUAA token for ``context.token``, from the cache or from XSUAA.
@@ -169,25 +181,31 @@ class XsuaaHop:
         if zone and _ZONE.fullmatch(zone):
             # XSUAA serves many zones (subaccounts); this names the user's.
             headers["x-zid"] = zone
-        if not self.uses_certificate:
-            headers["Authorization"] = http.basic_authorization(
-                self._binding.client_id, self._binding.client_secret or ""
-            )
         form = {
             "grant_type": JWT_BEARER_GRANT,
             "client_id": self._binding.client_id,
             "assertion": context.token,
             "token_format": "jwt",
         }
-        answer = http.call(
-            self.session,
-            "POST",
-            self._token_url,
-            policy=self._policy,
-            what="xsuaa_exchange",
-            data=form,
-            headers=headers,
-        )
+
+        def send() -> http.Answer:
+            sent = dict(headers)
+            credentials = self.credentials
+            if credentials.identity is None:
+                sent["Authorization"] = http.basic_authorization(
+                    self._binding.client_id, credentials.secret or ""
+                )
+            return http.call(
+                self.session,
+                "POST",
+                self._token_url,
+                policy=self._policy,
+                what="xsuaa_exchange",
+                data=form,
+                headers=sent,
+            )
+
+        answer = http.call_rereading(self.credentials, self.reread, send, _refuses_client)
         try:
             token = _token_of(answer)
             expires_at = self._verify(token)
@@ -197,7 +215,7 @@ class XsuaaHop:
                 "The XSUAA service refused the token or answered unusably",
                 reason=refused.reason,
             ) from None
-        entry = Entry(token, min(expires_at, context.expires_at) - self._leeway)
+        entry = Entry(token, min(expires_at, context.expires_at) - self._min_remaining)
         self._cache.put(key, entry)
         logger.info("Token exchanged at XSUAA")
         return entry
@@ -283,6 +301,12 @@ class XsuaaHop:
             logger.error("XSUAA token_keys answered %d without a usable key", answer.status)
             raise IASRefused("The XSUAA service's token keys are unusable", reason="xsuaa_keys_bad")
         return keys
+
+
+def _refuses_client(answer: http.Answer) -> bool:
+    # XSUAA answers a client it does not know with 401 (error "unauthorized" or
+    # "invalid_client").
+    return answer.status == 401
 
 
 def _token_of(answer: http.Answer) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import os
@@ -58,13 +59,15 @@ def test_check_passes_with_mtls(ias_emulator: IASEmulator) -> None:
     result = run(build_app(ias_emulator), "check")
 
     assert result.exit_code == 0, output(result)
-    assert set(lines(result, "PASS")) == {"binding", "tls", "discovery", "jwks", "client auth"}
+    passed = {"binding", "certificate", "tls", "discovery", "jwks", "client auth"}
+    assert set(lines(result, "PASS")) == passed
     assert not lines(result, "FAIL")
     assert "identity from app.config, authenticates by mTLS" in output(result)
+    assert "client certificate expires on 20" in lines(result, "PASS")["certificate"]
     assert "key='***'" in output(result)  # the masked binding is shown
     assert ias_emulator.current_kid in lines(result, "PASS")["jwks"]
     assert "invalid_grant" in lines(result, "PASS")["client auth"]
-    assert output(result).rstrip().endswith("result: OK (5 passed)")
+    assert output(result).rstrip().endswith("result: OK (6 passed)")
     assert_no_secret(output(result), ias_emulator.binding)
     # The test assertion reached the token endpoint, authenticated by the certificate.
     [call] = ias_emulator.exchanges
@@ -82,7 +85,7 @@ def test_check_warns_of_an_audience_ias_will_not_exchange() -> None:
     assert warning.startswith("WARN  audience")
     assert "'mobile-app-public-client'" in warning
     assert repr(ias.client_id) in warning
-    assert output(result).rstrip().endswith("result: OK (5 passed, 1 warned)")
+    assert output(result).rstrip().endswith("result: OK (6 passed, 1 warned)")
 
 
 def test_check_passes_with_client_secret_and_masks_it() -> None:
@@ -229,6 +232,20 @@ def test_exchange_without_a_token_is_a_usage_error(ias_emulator: IASEmulator) ->
     assert "no token on standard input" in output(result)
 
 
+def test_check_warns_of_a_certificate_that_expires_soon(ias_emulator: IASEmulator) -> None:
+    soon = ias_emulator.rotate_client_certificate(valid_for=datetime.timedelta(hours=36))
+    app = build_app(
+        ias_emulator, IAS_PKCE_CERTIFICATE=soon["certificate"], IAS_PKCE_KEY=soon["key"]
+    )
+
+    result = run(app, "check")
+
+    assert result.exit_code == 0, output(result)  # a warning alone does not fail the check
+    warning = lines(result, "WARN")["certificate"]
+    assert "expires on" in warning
+    assert "(in 1.5 days): renew the binding" in warning
+
+
 def _unbound_app() -> Flask:
     app = Flask("unbound")
     IASPKCE(app)  # raises: nothing is bound
@@ -307,6 +324,7 @@ def test_tls_failure_reports_every_step_on_stdout(ias_emulator: IASEmulator) -> 
     steps = [line.split()[:2] for line in result.stdout.splitlines() if line[:4] in WORDS]
     assert steps == [
         ["PASS", "binding"],
+        ["PASS", "certificate"],
         ["FAIL", "tls"],
         ["SKIP", "discovery"],
         ["SKIP", "jwks"],

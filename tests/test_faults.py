@@ -183,11 +183,13 @@ def relay(ias_emulator: IASEmulator) -> Iterator[_Relay]:
     # The relay's origin is the issuer we trust; its keys are the emulator's, fetched through it.
     # Key sets are per tenant and client (azp): the public and the exchanged token each
     # discover once, and a test may fetch keys again after a failure.
-    ias_emulator.inject(
-        DISCOVERY_PATH,
-        body={"issuer": relay.origin, "jwks_uri": relay.origin + JWKS_PATH},
-        times=20,
-    )
+    # The exchange finds its token endpoint in the same document.
+    document = {
+        "issuer": relay.origin,
+        "jwks_uri": relay.origin + JWKS_PATH,
+        "token_endpoint": relay.origin + TOKEN_PATH,
+    }
+    ias_emulator.inject(DISCOVERY_PATH, body=document, times=20)
     yield relay
     relay.close()
 
@@ -339,9 +341,12 @@ class _TricklingIAS:
                 """Silent."""
 
             def do_GET(self) -> None:
-                discovery = json.dumps(
-                    {"issuer": outer.origin, "jwks_uri": outer.origin + JWKS_PATH}
-                ).encode()
+                document = {
+                    "issuer": outer.origin,
+                    "jwks_uri": outer.origin + JWKS_PATH,
+                    "token_endpoint": outer.origin + TOKEN_PATH,
+                }
+                discovery = json.dumps(document).encode()
                 self._answer(jwks if self.path == JWKS_PATH else discovery, trickle=False)
 
             def do_POST(self) -> None:

@@ -223,6 +223,36 @@ def test_several_identity_entries_in_vcap_services(
         assert [call.client_cn for call in ias.exchanges] == [PARTNER]
 
 
+def test_several_service_binding_root_folders(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    with IASEmulator(extra_applications=[PARTNER]) as ias:
+        for name, binding in (("consumer", ias.binding), ("partner", ias.binding_for(PARTNER))):
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / "type").write_text("identity")
+            for key, value in binding.items():
+                text = json.dumps(value) if isinstance(value, list) else value
+                (folder / key).write_text(text)
+        monkeypatch.setenv("SERVICE_BINDING_ROOT", str(tmp_path))
+        monkeypatch.delenv("VCAP_SERVICES", raising=False)
+        app = Flask("kyma_app")
+        app.config.update(
+            IAS_PKCE_VERIFY=ias.ca_file,
+            IAS_PKCE_XSUAA_CLIENT_ID=ias.xsuaa_client_id,
+            IAS_PKCE_TIMEOUT=(2.0, 2.0),
+        )
+        app.add_url_rule("/api/me", "me", lambda: {"azp": current_token.claims["azp"]})
+        IASPKCE(app)
+        client = app.test_client()
+
+        partner = client.get("/api/me", headers=bearer(partner_token(ias)))
+        consumer = client.get("/api/me", headers=bearer(ias.issue_public_token()))
+
+        assert (partner.json, consumer.json) == ({"azp": PARTNER}, {"azp": ias.client_id})
+        assert [call.client_cn for call in ias.exchanges] == [PARTNER, ias.client_id]
+
+
 def test_one_application_bound_twice_is_refused_at_init_app(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -23,6 +23,7 @@ ALL = {
     "cache_hit": signals.cache_hit,
     "token_rejected": signals.token_rejected,
     "exchange_failed": signals.exchange_failed,
+    "credentials_expiring": signals.credentials_expiring,
 }
 
 

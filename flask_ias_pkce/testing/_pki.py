@@ -7,7 +7,9 @@ real time, whatever time the tests pretend it is.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -16,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_VALIDITY = datetime.timedelta(days=2)
+#: Longer than the 3 days within which flask-ias-pkce warns of an expiring certificate.
+_VALIDITY = datetime.timedelta(days=7)
 #: Back-dated so that a peer whose clock runs slightly behind still accepts the certificate.
 _BACKDATE = datetime.timedelta(minutes=5)
 
@@ -48,7 +51,10 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _builder(
-    subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+    subject: str,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    validity: datetime.timedelta = _VALIDITY,
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -58,7 +64,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
@@ -93,7 +99,12 @@ def make_ca(common_name: str) -> Issued:
 
 
 def issue(
-    ca: Issued, common_name: str, *, server: bool, extra_hosts: tuple[str, ...] = ()
+    ca: Issued,
+    common_name: str,
+    *,
+    server: bool,
+    extra_hosts: tuple[str, ...] = (),
+    validity: datetime.timedelta = _VALIDITY,
 ) -> Issued:
     """Issue a leaf certificate signed by ``ca``.
 
@@ -105,7 +116,7 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
-        _builder(common_name, ca.certificate.subject, key.public_key())
+        _builder(common_name, ca.certificate.subject, key.public_key(), validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
@@ -125,3 +136,9 @@ def issue(
             critical=False,
         )
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def thumbprint(certificate: x509.Certificate) -> str:
+    """``x5t#S256`` of ``certificate``: base64url SHA-256 of its DER form (RFC 8705 3.1)."""
+    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

@@ -36,6 +36,7 @@ class Request:
     body: bytes
     client_cn: str | None  # subject CN of a client certificate the TLS layer verified
     connection_id: int
+    client_certificate: bytes | None = None  # that certificate, DER
 
 
 @dataclass
@@ -103,6 +104,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             body=body,
             client_cn=_common_name(self.connection.getpeercert()),
             connection_id=self.connection_id,
+            client_certificate=self.connection.getpeercert(binary_form=True),
         )
         response = self.server.application(request)
         if response.drop:

@@ -98,6 +98,12 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)
 
 
+def _thumbprint(der: bytes | None) -> str:
+    # base64url SHA-256 of the DER certificate, as RFC 8705 defines x5t#S256.
+    digest = hashlib.sha256(der or b"").digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def _form(request: Request, params: Params) -> dict[str, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
@@ -177,6 +183,10 @@ class Tenant:
         self._codes: dict[str, _Grant] = {}
         # XSUAA signs with keys of its own; made at first use, as most tests never need one.
         self._xsuaa_key: SigningKey | None = None
+        #: Put ``cnf.x5t#S256`` of the client certificate into tokens exchanged over mTLS.
+        self.certificate_bound_tokens = False
+        #: Thumbprints of client certificates this tenant no longer accepts (rotated out).
+        self.refused_certificates: set[str] = set()
 
     # -- keys and tokens ------------------------------------------------------------------
 
@@ -467,6 +477,9 @@ class Tenant:
             raise _OAuthError("invalid_client", "a client certificate is required", 401)
         elif request.client_cn not in secrets_by_client:
             raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
+        elif _thumbprint(request.client_certificate) in self.refused_certificates:
+            # A binding deleted (or rotated): IAS no longer knows its certificate.
+            raise _OAuthError("invalid_client", "the certificate is no longer valid", 401)
         else:
             client_id = request.client_cn
         if form.get("client_id", client_id) != client_id:
@@ -531,6 +544,10 @@ class Tenant:
             "exp": now + self.exchanged_token_lifetime,
             "jti": str(uuid.uuid4()),
         }
+        if self.certificate_bound_tokens and self.credential_type != "SECRET":
+            # RFC 8705 3.1: the token is bound to the certificate the client authenticated
+            # with. Whether IAS always does this for jwt-bearer over mTLS is unconfirmed.
+            claims["cnf"] = {"x5t#S256": _thumbprint(request.client_certificate)}
         if access_format == "jwt":
             access_token = self.sign({**claims, "jti": str(uuid.uuid4())}, None, None)
         else:

@@ -12,6 +12,9 @@ protocol itself lives in :mod:`._tenant`.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import json
 import re
 import secrets
@@ -22,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -91,7 +94,8 @@ class Call:
     ``auth_method`` is how the client presented itself (``tls_client_auth``,
     ``client_secret_basic``, ``client_secret_post`` or ``None``), whether or not that
     succeeded. ``status`` is ``None`` for a dropped connection. ``connection_id`` numbers
-    the TCP connections: calls that share one came over keep-alive.
+    the TCP connections: calls that share one came over keep-alive. ``param_lists`` holds
+    every value of each parameter (``resource`` may be repeated), secrets redacted too.
     """
 
     method: str
@@ -107,6 +111,20 @@ class Call:
     #: The client the request presented itself as: the certificate's CN, the user of HTTP
     #: Basic, or the ``client_id`` posted with a secret (whether or not it succeeded).
     client_id: str | None = None
+    param_lists: dict[str, list[str]] = field(default_factory=dict)
+    #: ``x5t#S256`` of the client certificate the connection presented, if any.
+    client_thumbprint: str | None = None
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The ``X-Correlation-ID`` the client sent, if any."""
+        return self.headers.get("x-correlation-id")
+
+
+def _certificate_thumbprint(der: bytes | None) -> str | None:
+    if not der:
+        return None
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
 @dataclass
@@ -142,6 +160,11 @@ class IASEmulator:
     further application tenants this IAS tenant hosts (its JWKS and exchange accept them;
     tokens name them with ``issue_public_token(app_tid=...)``). Any other ``x-app_tid`` or
     ``app_tid`` is refused, as IAS refuses a tenant it does not know.
+
+    ``certificate_bound_tokens=True`` puts ``cnf.x5t#S256`` (RFC 8705) of the client
+    certificate into the tokens it exchanges over mTLS, as SAP's libraries expect tokens of
+    X.509 clients can carry (whether IAS always does so is unconfirmed).
+    :meth:`rotate_client_certificate` renews the binding's certificate as a re-binding does.
 
     ``clock`` drives token times and code expiry; certificates follow the wall clock.
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
@@ -192,6 +215,7 @@ class IASEmulator:
         subscribers: Iterable[str] | Mapping[str, str] = (),
         allowed_origins: Iterable[str] = (),
         port: int = 0,
+        certificate_bound_tokens: bool = False,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError("port must be from 0 (a free one) to 65535")
@@ -234,7 +258,9 @@ class IASEmulator:
         self._tenant = tenant(app_tid, frozenset(extra_app_tids))
         self._subscribers = {name: tenant(tid, frozenset()) for name, tid in subscribers.items()}
         self._port = port
+        self._tenant.certificate_bound_tokens = certificate_bound_tokens
         self._xsuaa_credential_type = xsuaa_credential_type
+        self._ca: _pki.Issued | None = None
         self._lock = threading.Lock()
         self._calls: list[Call] = []
         self._faults: dict[str, list[_Fault]] = {}
@@ -255,7 +281,7 @@ class IASEmulator:
         # mkdtemp makes the directory 0700: only this user can read the private keys in it.
         tmpdir = tempfile.mkdtemp(prefix="ias-emulator-")
         try:
-            ca = _pki.make_ca("IAS emulator CA")
+            ca = self._ca = _pki.make_ca("IAS emulator CA")
             server = _pki.issue(ca, "localhost", server=True, extra_hosts=self.tenant_hosts[1:])
             files = {
                 "ca.pem": ca.certificate_pem,
@@ -358,6 +384,42 @@ class IASEmulator:
         if self._tenant.credential_type != "X509_GENERATED":
             raise RuntimeError("a SECRET binding has no client certificate")
         return self._path("client.pem"), self._path("client-key.pem")
+
+    @property
+    def client_certificate_thumbprint(self) -> str:
+        """``x5t#S256`` of the binding's client certificate now (RFC 8705)."""
+        if self._client is None:
+            raise RuntimeError("a SECRET binding has no client certificate")
+        return _pki.thumbprint(self._client.certificate)
+
+    def rotate_client_certificate(
+        self, *, refuse_old: bool = True, valid_for: datetime.timedelta | None = None
+    ) -> dict[str, Any]:
+        """Issue the application a new client certificate and key (same CN, same CA), as
+        a new binding does, and return the new :attr:`binding`. With ``refuse_old`` the
+        old certificate is refused from now on (``invalid_client``), as IAS refuses the
+        certificate of a deleted binding; else both work, as during a credentials
+        rotation that keeps the old binding for a while."""
+        self._running()
+        if self._client is None or self._ca is None:
+            raise RuntimeError("a SECRET binding has no client certificate")
+        old = self._client
+        if valid_for is None:
+            self._client = _pki.issue(self._ca, self._tenant.client_id, server=False)
+        else:
+            self._client = _pki.issue(
+                self._ca, self._tenant.client_id, server=False, validity=valid_for
+            )
+        Path(self._path("client.pem")).write_text(self._client.certificate_pem)
+        Path(self._path("client-key.pem")).write_text(self._client.key_pem)
+        if refuse_old:
+            self.refuse_client_certificate(_pki.thumbprint(old.certificate))
+        return self.binding
+
+    def refuse_client_certificate(self, thumbprint: str) -> None:
+        """Refuse the client certificate with this ``x5t#S256`` from now on
+        (``invalid_client``), as IAS does once a binding is deleted."""
+        self._tenant.refused_certificates.add(thumbprint)
 
     def _path(self, name: str) -> str:
         self._running()
@@ -826,8 +888,10 @@ class IASEmulator:
 
     def _record(self, request: Request, params: dict[str, list[str]], status: int | None) -> None:
         flat = {name: values[0] for name, values in params.items()}
+        lists = {name: list(values) for name, values in params.items()}
         if "client_secret" in flat:
             flat["client_secret"] = _REDACTED
+            lists["client_secret"] = [_REDACTED] * len(lists["client_secret"])
         headers = dict(request.headers)
         if "authorization" in headers:
             headers["authorization"] = headers["authorization"].split(" ")[0] + " " + _REDACTED
@@ -855,6 +919,8 @@ class IASEmulator:
             request.connection_id,
             _host(request),
             client_id,
+            lists,
+            _certificate_thumbprint(request.client_certificate),
         )
         with self._lock:
             self._calls.append(call)
