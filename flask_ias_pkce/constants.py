@@ -201,8 +201,14 @@ CACHE_BACKEND_DEFAULTS: Final[dict[str, Any]] = {
 PROTECT_MODES: Final = ("all", "marked")
 USE_TOKEN_CHOICES: Final = ("id_token", "access_token")
 
-#: JWKS kept this long before it is fetched again (SAP's Python library: 15 minutes).
+#: JWKS kept this long before it is fetched again (SAP's Python library: 15 minutes), when
+#: the source sends no ``Cache-Control: max-age``.
 JWKS_TTL_SECONDS: Final = 15 * 60
+#: A ``max-age`` from the source is honoured within these bounds: not below (a source
+#: saying ``max-age=0`` would be asked on every request), not above (a rotation with a
+#: removed key must not go unnoticed for long).
+JWKS_MIN_TTL_SECONDS: Final = 5 * 60
+JWKS_MAX_TTL_SECONDS: Final = 60 * 60
 #: An unknown ``kid`` triggers a new JWKS fetch at most this often per issuer.
 JWKS_REFETCH_INTERVAL_SECONDS: Final = 30.0
 #: While an issuer has never served keys, a failed fetch is answered again for this long
