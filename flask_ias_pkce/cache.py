@@ -74,6 +74,16 @@ class Denial:
 Cached = Entry | Denial
 
 
+def not_after(*expiries: float, margin: float, now: float) -> float:
+    """Until when an entry for tokens that expire at ``expiries`` is served: the earliest
+    expiry less ``margin`` (``IAS_PKCE_MIN_REMAINING``). The one rule of both hops: a token
+    already within the margin of its expiry is kept until that expiry itself (never after
+    it) rather than obtained again on every request of its last moments."""
+    earliest = min(expiries)
+    with_margin = earliest - margin
+    return with_margin if with_margin > now else earliest
+
+
 def to_bytes(cached: Cached) -> bytes:
     """The plaintext of ``cached``, before it is sealed."""
     # One format for both kinds, a denial being a token-less record flagged "d" (as

@@ -10,7 +10,7 @@ from typing import Any
 
 from .bearer import check_token_shape
 from .bindings import IdentityBinding
-from .cache import Cached, Denial, Entry, TokenCache
+from .cache import Cached, Denial, Entry, TokenCache, not_after
 from .config import Settings
 from .context import TokenContext
 from .errors import IASRefused, InvalidToken
@@ -167,13 +167,7 @@ class Authenticator:
         return Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
 
     def _not_after(self, *expiries: float) -> float:
-        """Until when an entry is served: the earliest expiry less
-        ``IAS_PKCE_MIN_REMAINING``. A token already within that margin of its expiry is
-        kept until that expiry itself (never after it) rather than exchanged again on
-        every request of its last minute."""
-        earliest = min(expiries)
-        with_margin = earliest - self.settings.min_remaining
-        return with_margin if with_margin > self._clock() else earliest
+        return not_after(*expiries, margin=self.settings.min_remaining, now=self._clock())
 
 
 def same_user(public: Mapping[str, Any], exchanged: Mapping[str, Any]) -> bool:

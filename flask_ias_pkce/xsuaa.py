@@ -47,7 +47,7 @@ from jose.exceptions import JOSEError
 
 from . import http
 from .bindings import XsuaaBinding
-from .cache import Entry, TokenCache
+from .cache import Entry, TokenCache, not_after
 from .constants import (
     ALGORITHM,
     JWT_BEARER_GRANT,
@@ -216,7 +216,12 @@ class XsuaaHop:
                 "The XSUAA service refused the token or answered unusably",
                 reason=refused.reason,
             ) from None
-        entry = Entry(token, min(expires_at, context.expires_at) - self._min_remaining)
+        entry = Entry(
+            token,
+            not_after(
+                expires_at, context.expires_at, margin=self._min_remaining, now=self._clock()
+            ),
+        )
         logger.info("Token exchanged at XSUAA")
         return entry
 

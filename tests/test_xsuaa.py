@@ -438,3 +438,22 @@ def test_xsuaa_key_sets_are_kept_for_a_bounded_number_of_zones(
             "zone-2",
             ias.app_tid,
         ]
+
+
+def test_xsuaa_token_inside_the_margin_is_reused_until_its_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One rule for both hops: a token that is already within IAS_PKCE_MIN_REMAINING of its
+    # expiry is served until that expiry, not obtained again on every call.
+    with IASEmulator(xsuaa_token_lifetime=30) as ias:
+        clock = FakeClock(time.time())
+        client = xsuaa_app(ias, monkeypatch, clock=clock).test_client()
+        token = ias.issue_public_token()
+
+        for _ in range(3):
+            assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+        assert len(ias.xsuaa_exchanges) == 1
+
+        clock.advance(31)  # past its expiry: a new one
+        assert client.get("/api/xsuaa", headers=bearer(token)).status_code == 200
+        assert len(ias.xsuaa_exchanges) == 2
