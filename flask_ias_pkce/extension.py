@@ -10,7 +10,6 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
-from urllib.parse import urlsplit
 
 import requests
 from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
@@ -19,8 +18,7 @@ from flask_caching import Cache
 from . import cache_backends, http, signals
 from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
-from .bindings import Bindings, IdentityBinding, load_bindings
-from .cache import TokenCache
+from .bindings import load_bindings
 from .config import (
     ConfigError,
     Settings,
@@ -36,18 +34,17 @@ from .constants import (
     INCOMING_CORRELATION_HEADERS,
 )
 from .context import TokenContext, current_token, resolve_g
+from .core import build_core
 from .credentials import (
     BindingWatcher,
     ClientIdentity,
     CredentialReloader,
     Credentials,
-    identity_credentials,
 )
-from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
-from .exchange import ExchangeClient
+from .errors import IASPKCEError, InsufficientScope, MissingToken
 from .service import Authenticator, Route
-from .verify import JWKSCache, TokenVerifier, issuer_origin
-from .xsuaa import XsuaaHop, hop_possible
+from .verify import JWKSCache
+from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
 
@@ -130,53 +127,14 @@ class IASPKCE:
         audience_warning = foreign_audiences_warning(settings)
         if audience_warning is not None:
             logger.warning("%s", audience_warning)
-        policy = http.HttpPolicy(
-            verify=settings.verify,
-            timeout=settings.timeout,
-            retries=settings.retries,
-            correlation_id=correlation_id,
-        )
-        routes = [
-            _route(identity, settings, policy, self._clock) for identity in bindings.identities
-        ]
         backend = (
             cache_backends.host_backend(app, cache)
             if cache is not None
             else cache_backends.own_backend(app, settings.cache, bindings)
         )
-        token_cache = TokenCache(
-            backend,
-            cache_backends.sealer(settings.cache.secret, backend),
-            l1_size=settings.l1_size,
-            clock=self._clock,
-            # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
-            # exchanged token's tenant and client, the token endpoint's discovery and the
-            # exchange: each up to the worst case.
-            wait_timeout=6 * policy.worst_case_seconds(),
-            scope=settings.cache_scope(),
-        )
-        xsuaa_hop = (
-            XsuaaHop(
-                bindings.xsuaa,
-                policy=policy,
-                cache=token_cache,
-                leeway=settings.leeway,
-                min_remaining=settings.min_remaining,
-                clock=self._clock,
-                # The x-zid for a token without app_tid: its binding's, when all agree.
-                app_tid=_common_app_tid(bindings),
-            )
-            if bindings.xsuaa is not None and hop_possible(bindings.xsuaa)
-            else None
-        )
-        authenticator = Authenticator(
-            settings,
-            routes=routes,
-            cache=token_cache,
-            clock=self._clock,
-            xsuaa=xsuaa_hop,
-        )
-        state = _State(settings, authenticator, routes[0].keys, policy, xsuaa=xsuaa_hop)
+        core = build_core(settings, backend, clock=self._clock, correlation_id=correlation_id)
+        routes, xsuaa_hop = core.routes, core.xsuaa
+        state = _State(settings, core.authenticator, routes[0].keys, core.policy, xsuaa=xsuaa_hop)
         _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
@@ -562,52 +520,6 @@ def _certificate_bound(token: Any) -> bool:
     return isinstance(confirmation, Mapping) and isinstance(confirmation.get("x5t#S256"), str)
 
 
-def _route(
-    identity: IdentityBinding,
-    settings: Settings,
-    policy: http.HttpPolicy,
-    clock: Callable[[], float],
-) -> Route:
-    """What serves one IAS binding alone: its own session (client certificate), key sets,
-    verifier and accepted audiences."""
-    exchanger = ExchangeClient(
-        identity,
-        policy=policy,
-        use_token=settings.use_token,
-        resources=settings.resources,
-        clock=clock,
-        credentials=identity_credentials(identity),
-    )
-    url = urlsplit(identity.url)
-    # An issuer may name no port, 443, or the binding URL's own port; no other.
-    ports = (None, 443, url.port)
-    keys = JWKSCache(
-        exchanger.session,
-        policy=policy,
-        client_id=identity.client_id,
-        clock=clock,
-        home_issuer=_home_issuer(identity, ports),
-    )
-    verifier = TokenVerifier(
-        keys, domains=identity.domains, leeway=settings.leeway, clock=clock, ports=ports
-    )
-    # With one binding the accepted audiences are the settings'; with several, each
-    # binding's own client id (config refuses IAS_PKCE_ACCEPTED_AUDIENCES then).
-    audiences = (
-        settings.accepted_audiences
-        if len(settings.bindings.identities) == 1
-        else frozenset((identity.client_id,))
-    )
-    port = f":{url.port}" if url.port not in (None, 443) else ""
-    home_issuer = f"https://{(url.hostname or '').lower()}{port}"
-    return Route(identity, keys, verifier, exchanger, audiences, home_issuer)
-
-
-def _common_app_tid(bindings: Bindings) -> str | None:
-    tenants = {identity.app_tid for identity in bindings.identities}
-    return tenants.pop() if len(tenants) == 1 else None
-
-
 def _token_in_query(current: Request) -> bool:
     """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
     query = current.query_string
@@ -615,16 +527,6 @@ def _token_in_query(current: Request) -> bool:
     if b"access_token" not in query and b"%" not in query:
         return False
     return "access_token" in current.args
-
-
-def _home_issuer(identity: IdentityBinding, ports: tuple[int | None, ...]) -> str | None:
-    """The origin of the binding's own tenant, whose keys are trusted to be real from the
-    start (None when the binding URL is outside its own domains)."""
-    try:
-        domains = [domain.lower() for domain in identity.domains]
-        return issuer_origin(identity.url, domains, ports)
-    except InvalidToken:
-        return None
 
 
 def _app() -> Flask:
