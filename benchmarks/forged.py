@@ -28,7 +28,7 @@ from flask import Flask
 
 from flask_ias_pkce import http
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import UNPROVEN_FETCHES_PER_MINUTE
+from flask_ias_pkce.verify import DEFAULT_KEY_LIMITS
 
 from ._common import Figure, ratio, run_alone
 from .hot_path import protected_app
@@ -175,7 +175,7 @@ def _run(*, forged: int, tenants: int, threads: int, per_token: int) -> Result:
 def bound(minutes: float, retries: int = 2) -> int:
     """The most calls forged tokens may cause in ``minutes``: each of the unproven-issuer
     fetches a minute is discovery and JWKS, each with its retries."""
-    return UNPROVEN_FETCHES_PER_MINUTE * (int(minutes) + 1) * 2 * (retries + 1)
+    return DEFAULT_KEY_LIMITS.unproven_fetches_per_minute * (int(minutes) + 1) * 2 * (retries + 1)
 
 
 def _statuses(counts: Counter[int]) -> str:

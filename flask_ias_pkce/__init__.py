@@ -26,6 +26,7 @@ from .errors import (
     MissingToken,
 )
 from .extension import IASPKCE
+from .verify import KeyLimits
 
 __all__ = [
     "IASPKCE",
@@ -38,6 +39,7 @@ __all__ = [
     "InsufficientScope",
     "InvalidRequest",
     "InvalidToken",
+    "KeyLimits",
     "MissingToken",
     "TokenContext",
     "UnknownConfigKeyWarning",

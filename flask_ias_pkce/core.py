@@ -24,7 +24,7 @@ from .credentials import identity_credentials
 from .errors import InvalidToken
 from .exchange import ExchangeClient
 from .service import Authenticator, Route
-from .verify import JWKSCache, TokenVerifier, issuer_origin
+from .verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
 
@@ -47,6 +47,7 @@ def build_core(
     *,
     clock: Callable[[], float] = time.time,
     correlation_id: Callable[[], str] = http.new_correlation_id,
+    key_limits: KeyLimits = DEFAULT_KEY_LIMITS,
 ) -> Core:
     """Build the protocol core from checked ``settings``.
 
@@ -54,6 +55,7 @@ def build_core(
         :mod:`flask_ias_pkce.cache_backends`).
     :param clock: seconds since the epoch, for every expiry and key lifetime.
     :param correlation_id: the correlation id of the work at hand, sent with every call.
+    :param key_limits: how long signing keys are kept and how often they are fetched.
     :raises ~flask_ias_pkce.config.ConfigError: the cache secret does not suit ``backend``.
     """
     bindings = settings.bindings
@@ -63,7 +65,9 @@ def build_core(
         retries=settings.retries,
         correlation_id=correlation_id,
     )
-    routes = tuple(_route(identity, settings, policy, clock) for identity in bindings.identities)
+    routes = tuple(
+        _route(identity, settings, policy, clock, key_limits) for identity in bindings.identities
+    )
     token_cache = TokenCache(
         backend,
         sealer(settings.cache.secret, backend),
@@ -83,6 +87,7 @@ def build_core(
             leeway=settings.leeway,
             min_remaining=settings.min_remaining,
             clock=clock,
+            key_limits=key_limits,
             # The x-zid for a token without app_tid: its binding's, when all agree.
             app_tid=_common_app_tid(bindings),
         )
@@ -100,6 +105,7 @@ def _route(
     settings: Settings,
     policy: http.HttpPolicy,
     clock: Callable[[], float],
+    key_limits: KeyLimits,
 ) -> Route:
     """What serves one IAS binding alone: its own session (client certificate), key sets,
     verifier and accepted audiences."""
@@ -120,6 +126,7 @@ def _route(
         client_id=identity.client_id,
         clock=clock,
         home_issuer=_home_issuer(identity, ports),
+        limits=key_limits,
     )
     verifier = TokenVerifier(
         keys, domains=identity.domains, leeway=settings.leeway, clock=clock, ports=ports

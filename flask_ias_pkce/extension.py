@@ -43,7 +43,7 @@ from .credentials import (
 )
 from .errors import IASPKCEError, InsufficientScope, MissingToken
 from .service import Authenticator, Route
-from .verify import JWKSCache
+from .verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits
 from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -83,13 +83,22 @@ class IASPKCE:
 
     :param app: the app, or ``None`` to call :meth:`init_app` later.
     :param clock: seconds since the epoch; tests pass a fake one.
+    :param key_limits: how long signing keys are kept and how often they are fetched
+        (:class:`~flask_ias_pkce.KeyLimits`); the defaults are production's.
 
     The extension object keeps no app: several apps can share one instance, and each
     app's state lives in ``app.extensions["ias_pkce"]``.
     """
 
-    def __init__(self, app: Flask | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        key_limits: KeyLimits = DEFAULT_KEY_LIMITS,
+    ) -> None:
         self._clock = clock
+        self._key_limits = key_limits
         self._view_marks: dict[Callable[..., Any], str] = {}
         self._blueprint_marks: dict[object, str] = {}
         self._view_rules: dict[Callable[..., Any], tuple[Requirement, ...]] = {}
@@ -132,7 +141,13 @@ class IASPKCE:
             if cache is not None
             else cache_backends.own_backend(app, settings.cache, bindings)
         )
-        core = build_core(settings, backend, clock=self._clock, correlation_id=correlation_id)
+        core = build_core(
+            settings,
+            backend,
+            clock=self._clock,
+            correlation_id=correlation_id,
+            key_limits=self._key_limits,
+        )
         routes, xsuaa_hop = core.routes, core.xsuaa
         state = _State(settings, core.authenticator, routes[0].keys, core.policy, xsuaa=xsuaa_hop)
         _check_scopes_possible(state, self._rules())

@@ -45,16 +45,6 @@ _LABEL = re.compile(r"[a-z0-9-]{1,63}")
 KID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 #: Header parameters whose meaning we would have to understand (RFC 7515 4.1.11).
 _REFUSED_HEADERS = frozenset({"crit"})
-#: Fetches of the keys of issuers that have not yet verified a token (discovery and JWKS,
-#: whatever the issuer), at most this many a minute in all: an unsigned token can name any
-#: tenant under a trusted domain, so this is all that forged tokens can cost IAS.
-UNPROVEN_FETCHES_PER_MINUTE = 10
-#: Issuers kept that have not yet verified a token (their failures are remembered here).
-_MAX_UNPROVEN_ISSUERS = 64
-#: Issuers kept whose keys have verified a token; only another such issuer evicts one.
-_MAX_PROVEN_ISSUERS = 1024
-#: Tenant and client key sets kept; each is made only for a token whose signature passed.
-_MAX_TENANT_SETS = 4096
 #: RSA moduli under this many bits are ignored (RFC 7518 section 3.3).
 MIN_RSA_BITS = 2048
 #: A modulus or exponent longer than this is no real key: refused before it is decoded.
@@ -208,6 +198,37 @@ def cache_max_age(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class KeyLimits:
+    """How long signing keys are kept and how often their sources are asked: passed to
+    :class:`KeySet` and :class:`JWKSCache` (``IASPKCE(key_limits=...)``), so that tests set
+    their own instead of patching module constants. The defaults are production's."""
+
+    #: Keys kept this long when the source sends no ``Cache-Control: max-age``.
+    ttl: float = JWKS_TTL_SECONDS
+    #: A source's ``max-age`` is honoured within these bounds.
+    min_ttl: float = JWKS_MIN_TTL_SECONDS
+    max_ttl: float = JWKS_MAX_TTL_SECONDS
+    #: An unknown ``kid`` (or a failed refresh) asks the source again at most this often.
+    refetch_interval: float = JWKS_REFETCH_INTERVAL_SECONDS
+    #: While a source has never served keys, its failure is answered again for this long.
+    failure_backoff: float = JWKS_FAILURE_BACKOFF_SECONDS
+    #: Fetches of the keys of issuers that have not yet verified a token (discovery and
+    #: JWKS, whatever the issuer), at most this many a minute in all: an unsigned token can
+    #: name any tenant under a trusted domain, so this is all that forged tokens can cost IAS.
+    unproven_fetches_per_minute: int = 10
+    #: Issuers kept that have not yet verified a token (their failures are remembered).
+    max_unproven_issuers: int = 64
+    #: Issuers kept whose keys have verified a token; only another such issuer evicts one.
+    max_proven_issuers: int = 1024
+    #: Tenant and client key sets kept; each is made only for a token whose signature passed.
+    max_tenant_sets: int = 4096
+
+
+#: The limits of production.
+DEFAULT_KEY_LIMITS = KeyLimits()
+
+
 class KeySet:
     """The signing keys of one source (an issuer's JWKS, XSUAA's token_keys), by ``kid``.
 
@@ -231,6 +252,7 @@ class KeySet:
         "_fetched_at",
         "_keys",
         "_last_refetch",
+        "_limits",
         "_lock",
         "_name",
         "_next_background",
@@ -238,11 +260,12 @@ class KeySet:
         "_ttl",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, limits: KeyLimits = DEFAULT_KEY_LIMITS) -> None:
         self._name = name  # for logs
+        self._limits = limits
         self._keys: dict[str, Key] = {}
         self._fetched_at = float("-inf")
-        self._ttl = float(JWKS_TTL_SECONDS)
+        self._ttl = float(limits.ttl)
         self._last_refetch = float("-inf")
         self._next_background = float("-inf")
         self._refreshing = False
@@ -267,7 +290,7 @@ class KeySet:
                 return key
             # A stale set is always refreshed; an unknown kid in a fresh set refreshes it at
             # most once per interval, so made-up kids cannot make us hammer the source.
-            if stale or now - self._last_refetch >= JWKS_REFETCH_INTERVAL_SECONDS:
+            if stale or now - self._last_refetch >= self._limits.refetch_interval:
                 if not stale:
                     self._last_refetch = now
                 self._refresh(fetch, now)
@@ -289,7 +312,7 @@ class KeySet:
             # The known keys go on serving; the next attempt is an interval later.
             logger.warning("Key refresh of %s failed; keeping the known keys", self._name)
             with self._lock:
-                self._next_background = now + JWKS_REFETCH_INTERVAL_SECONDS
+                self._next_background = now + self._limits.refetch_interval
                 self._refreshing = False
             return
         with self._lock:
@@ -298,10 +321,11 @@ class KeySet:
 
     def _store(self, keys: dict[str, Key], now: float) -> None:
         max_age = keys.max_age if isinstance(keys, FetchedKeys) else None
+        limits = self._limits
         self._ttl = (
-            float(JWKS_TTL_SECONDS)
+            float(limits.ttl)
             if max_age is None
-            else min(JWKS_MAX_TTL_SECONDS, max(JWKS_MIN_TTL_SECONDS, max_age))
+            else min(limits.max_ttl, max(limits.min_ttl, max_age))
         )
         self._keys = keys
         self._fetched_at = now
@@ -310,7 +334,7 @@ class KeySet:
     def _refresh(self, fetch: Callable[[], dict[str, Key]], now: float) -> None:
         if not self._keys and self._failure is not None:
             failed_at, error = self._failure
-            if now - failed_at < JWKS_FAILURE_BACKOFF_SECONDS:
+            if now - failed_at < self._limits.failure_backoff:
                 # The source has never given us keys and failed a moment ago: answer with
                 # that failure instead of calling it again for every request.
                 raise copy.copy(error)
@@ -323,7 +347,7 @@ class KeySet:
                 raise
             # Serve the known keys and try again after one interval, not on every request
             # while the source is down.
-            self._fetched_at = now - self._ttl * 2 + JWKS_REFETCH_INTERVAL_SECONDS
+            self._fetched_at = now - self._ttl * 2 + self._limits.refetch_interval
             logger.warning("Key refresh of %s failed; keeping the known keys", self._name)
 
 
@@ -403,7 +427,7 @@ class JWKSCache:
        only for tokens that were signed by IAS.
 
     An issuer whose keys have never verified a token (a made-up tenant, say) is fetched
-    at most :data:`UNPROVEN_FETCHES_PER_MINUTE` times a minute in all, whatever the
+    at most :attr:`KeyLimits.unproven_fetches_per_minute` times a minute in all, whatever the
     issuer, and its failures are remembered; such issuers never evict one whose keys have
     verified a token. The binding's own issuer (``home_issuer``) counts as proven from the
     start.
@@ -417,18 +441,20 @@ class JWKSCache:
         client_id: str,
         clock: Callable[[], float],
         home_issuer: str | None = None,
+        limits: KeyLimits = DEFAULT_KEY_LIMITS,
     ) -> None:
         self._session = session
+        self._limits = limits
         self._policy = policy
         self._client_id = client_id
         self._clock = clock
         self._proven: OrderedDict[str, _IssuerKeys] = OrderedDict()
         self._unproven: OrderedDict[str, _IssuerKeys] = OrderedDict()
         self._tenant_sets: OrderedDict[tuple[str, str | None, str | None], KeySet] = OrderedDict()
-        self._unproven_fetches: deque[float] = deque(maxlen=UNPROVEN_FETCHES_PER_MINUTE)
+        self._unproven_fetches: deque[float] = deque(maxlen=limits.unproven_fetches_per_minute)
         self._lock = threading.Lock()
         if home_issuer is not None:
-            self._proven[home_issuer] = _IssuerKeys(KeySet(home_issuer), proven=True)
+            self._proven[home_issuer] = _IssuerKeys(KeySet(home_issuer, limits), proven=True)
 
     # -- step 1: the issuer's keys ---------------------------------------------------------
 
@@ -447,7 +473,7 @@ class JWKSCache:
                     self._proven.move_to_end(issuer)
                 return
             keys.proven = True
-            if len(self._proven) >= _MAX_PROVEN_ISSUERS:
+            if len(self._proven) >= self._limits.max_proven_issuers:
                 self._proven.popitem(last=False)
             self._proven[issuer] = keys
 
@@ -460,9 +486,9 @@ class JWKSCache:
             if keys is not None:
                 self._unproven.move_to_end(issuer)
                 return keys
-            if len(self._unproven) >= _MAX_UNPROVEN_ISSUERS:
+            if len(self._unproven) >= self._limits.max_unproven_issuers:
                 self._unproven.popitem(last=False)
-            keys = self._unproven[issuer] = _IssuerKeys(KeySet(issuer))
+            keys = self._unproven[issuer] = _IssuerKeys(KeySet(issuer, self._limits))
             return keys
 
     def _fetch_issuer(self, keys: _IssuerKeys, issuer: str) -> dict[str, Key]:
@@ -476,7 +502,7 @@ class JWKSCache:
         now = self._clock()
         with self._lock:
             fetches = self._unproven_fetches
-            if len(fetches) == UNPROVEN_FETCHES_PER_MINUTE and now - fetches[0] < 60:
+            if len(fetches) == self._limits.unproven_fetches_per_minute and now - fetches[0] < 60:
                 retry_after = int(60 - (now - fetches[0])) + 1
             else:
                 fetches.append(now)
@@ -502,9 +528,9 @@ class JWKSCache:
         with self._lock:
             key_set = self._tenant_sets.get(scope)
             if key_set is None:
-                if len(self._tenant_sets) >= _MAX_TENANT_SETS:
+                if len(self._tenant_sets) >= self._limits.max_tenant_sets:
                     self._tenant_sets.popitem(last=False)
-                key_set = self._tenant_sets[scope] = KeySet(issuer)
+                key_set = self._tenant_sets[scope] = KeySet(issuer, self._limits)
             else:
                 self._tenant_sets.move_to_end(scope)
         return key_set.key(kid, lambda: self._fetch_tenant(issuer, headers), self._clock())

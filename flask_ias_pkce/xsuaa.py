@@ -54,7 +54,15 @@ from .constants import (
 )
 from .credentials import ClientIdentity, Credentials, xsuaa_credentials
 from .errors import IASPKCEError, IASRefused
-from .verify import KID_PATTERN, KeySet, audiences, check_times, rsa_signing_keys
+from .verify import (
+    DEFAULT_KEY_LIMITS,
+    KID_PATTERN,
+    KeyLimits,
+    KeySet,
+    audiences,
+    check_times,
+    rsa_signing_keys,
+)
 
 if TYPE_CHECKING:
     from .context import TokenContext
@@ -101,6 +109,7 @@ class XsuaaHop:
     :param clock: seconds since the epoch.
     :param app_tid: the tenant of the IAS binding, sent as ``x-zid`` when the token has none.
     :param session: the keep-alive session; by default one made for the binding.
+    :param key_limits: how long XSUAA's signing keys are kept and how often fetched.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class XsuaaHop:
         min_remaining: float | None = None,
         app_tid: str | None = None,
         session: requests.Session | None = None,
+        key_limits: KeyLimits = DEFAULT_KEY_LIMITS,
     ) -> None:
         if not hop_possible(binding):
             raise ValueError("the xsuaa binding has no url, or neither secret nor certificate")
@@ -136,6 +146,7 @@ class XsuaaHop:
         self._leeway = leeway
         self._min_remaining = leeway if min_remaining is None else min_remaining
         self._clock = clock
+        self._key_limits = key_limits
         self._app_tid = app_tid
         #: The certificate or secret in use; replaced when the binding's files rotate.
         self.credentials: Credentials = xsuaa_credentials(binding)
@@ -280,7 +291,7 @@ class XsuaaHop:
             if key_set is None:
                 if len(self._key_sets) >= _MAX_ZONES:
                     self._key_sets.popitem(last=False)
-                key_set = self._key_sets[zone] = KeySet("XSUAA")
+                key_set = self._key_sets[zone] = KeySet("XSUAA", self._key_limits)
             self._key_sets.move_to_end(zone)
             return key_set
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from flask_ias_pkce import IASPKCE, current_token
+from flask_ias_pkce import IASPKCE, KeyLimits, current_token
 from flask_ias_pkce.testing import IASEmulator
 
 
@@ -35,12 +35,19 @@ def emulator_config(ias: IASEmulator, **overrides: Any) -> dict[str, Any]:
 
 
 def build_app(
-    ias: IASEmulator, *, clock: Callable[[], float] | None = None, **config: Any
+    ias: IASEmulator,
+    *,
+    clock: Callable[[], float] | None = None,
+    key_limits: KeyLimits | None = None,
+    **config: Any,
 ) -> Flask:
     """A small host app: ``/api/me`` protected, ``/health`` exempt."""
     app = Flask("host_app")
     app.config.update(emulator_config(ias, **config))
-    extension = IASPKCE(**({"clock": clock} if clock else {}))
+    options: dict[str, Any] = {"clock": clock} if clock else {}
+    if key_limits is not None:
+        options["key_limits"] = key_limits
+    extension = IASPKCE(**options)
 
     @app.get("/api/me")
     def me() -> dict[str, Any]:

@@ -29,20 +29,22 @@ from jose import jwk as jose_jwk
 from jose import jwt
 from werkzeug.test import TestResponse
 
+from flask_ias_pkce import KeyLimits
 from flask_ias_pkce.constants import EXTENSION_NAME, RETRY_AFTER_SECONDS
 from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator, _pki
 from flask_ias_pkce.verify import rsa_signing_keys
 
-from helpers import FakeClock, bearer, build_app
+import helpers
+from helpers import FakeClock, bearer
 
 
-@pytest.fixture(autouse=True)
-def _no_key_fetch_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    # These tests break IAS and mend it within a second; the backoff after a failed first
-    # key fetch (tested in test_key_fetch_failure_is_not_repeated_within_the_backoff)
-    # would hide the recovery they check.
-    monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 0.0)
+def build_app(ias: IASEmulator, **options: Any) -> Flask:
+    """These tests break IAS and mend it within a second; the backoff after a failed first
+    key fetch (tested in test_key_fetch_failure_is_not_repeated_within_the_backoff) would
+    hide the recovery they check."""
+    options.setdefault("key_limits", KeyLimits(failure_backoff=0.0))
+    return helpers.build_app(ias, **options)
 
 
 JSON = {"Content-Type": "application/json"}
@@ -725,9 +727,10 @@ def test_keys_kept_when_a_refresh_fails(ias_emulator: IASEmulator) -> None:
 def test_key_fetch_failure_is_not_repeated_within_the_backoff(
     ias_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 5.0)
     clock = FakeClock(time.time())
-    app = build_app(ias_emulator, clock=clock, IAS_PKCE_RETRIES=0)
+    app = build_app(
+        ias_emulator, clock=clock, key_limits=KeyLimits(failure_backoff=5.0), IAS_PKCE_RETRIES=0
+    )
     client = app.test_client()
     ias_emulator.inject("/.well-known/openid-configuration", status=503)
 

@@ -20,10 +20,11 @@ from flask_ias_pkce import http
 from flask_ias_pkce.errors import IASPKCEError
 from flask_ias_pkce.http import HttpPolicy, new_session
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import UNPROVEN_FETCHES_PER_MINUTE, JWKSCache, TokenVerifier
+from flask_ias_pkce.verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits, TokenVerifier
 
 from helpers import FakeClock, bearer, build_app
 
+UNPROVEN_FETCHES_PER_MINUTE = DEFAULT_KEY_LIMITS.unproven_fetches_per_minute
 CERTS = "/oauth2/certs"
 DISCOVERY = "/.well-known/openid-configuration"
 HOSTED_TENANTS = ("a", "b", "good", "new-tenant", "x")
@@ -268,12 +269,16 @@ def test_a_cached_token_is_served_after_its_signing_key_left_the_jwks(
 def test_proven_issuers_and_tenant_sets_are_kept_least_recently_used_first_out(
     ias_emulator: IASEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("flask_ias_pkce.verify._MAX_PROVEN_ISSUERS", 1)
-    monkeypatch.setattr("flask_ias_pkce.verify._MAX_TENANT_SETS", 1)
     clock = FakeClock(time.time())
     session = new_session()
     policy = HttpPolicy(verify=ias_emulator.ca_file, retries=0)
-    keys = JWKSCache(session, policy=policy, client_id=ias_emulator.client_id, clock=clock)
+    keys = JWKSCache(
+        session,
+        policy=policy,
+        client_id=ias_emulator.client_id,
+        clock=clock,
+        limits=KeyLimits(max_proven_issuers=1, max_tenant_sets=1),
+    )
     port = urlsplit(ias_emulator.url).port
     verifier = TokenVerifier(
         keys, domains=["localhost", "127.0.0.1"], leeway=60, clock=clock, ports=(None, 443, port)

@@ -14,19 +14,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jose import jwt
 
-from flask_ias_pkce import current_token
+from flask_ias_pkce import KeyLimits, current_token
 from flask_ias_pkce.errors import IASPKCEError
 from flask_ias_pkce.testing import IASEmulator
 
-from helpers import bearer, build_app
+import helpers
+from helpers import bearer
 
 
-@pytest.fixture(autouse=True)
-def _no_key_fetch_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    # These tests break IAS and mend it within a second; the backoff after a failed first
-    # key fetch (tested in test_key_fetch_failure_is_not_repeated_within_the_backoff)
-    # would hide the recovery they check.
-    monkeypatch.setattr("flask_ias_pkce.verify.JWKS_FAILURE_BACKOFF_SECONDS", 0.0)
+def build_app(ias: IASEmulator, **options: Any) -> Flask:
+    """These tests break IAS and mend it within a second; the backoff after a failed first
+    key fetch (tested in test_key_fetch_failure_is_not_repeated_within_the_backoff) would
+    hide the recovery they check."""
+    options.setdefault("key_limits", KeyLimits(failure_backoff=0.0))
+    return helpers.build_app(ias, **options)
 
 
 WINDOW = 20
