@@ -37,30 +37,28 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import requests
-from jose import jws, jwt
 from jose.backends.base import Key
-from jose.exceptions import JOSEError
 
 from . import http
 from .bindings import XsuaaBinding
 from .cache import Entry, TokenCache, not_after
 from .constants import (
-    ALGORITHM,
     JWT_BEARER_GRANT,
 )
 from .credentials import ClientIdentity, Credentials, xsuaa_credentials
-from .errors import IASPKCEError, IASRefused
+from .errors import IASPKCEError, IASRefused, InvalidToken
 from .verify import (
     DEFAULT_KEY_LIMITS,
-    KID_PATTERN,
     KeyLimits,
     KeySet,
     audiences,
+    check_signature,
     check_times,
+    read_jws,
     rsa_signing_keys,
 )
 
@@ -239,28 +237,20 @@ class XsuaaHop:
     # -- verification ------------------------------------------------------------------
 
     def _verify(self, token: str) -> float:
-        """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
+        """Check the XSUAA token's signature, issuer, times and audience; return ``exp``.
+
+        The token is read as IAS tokens are (:func:`~flask_ias_pkce.verify.read_jws`:
+        canonical base64url, no hostile JSON, RS256, no ``crit``, a plain ``kid``)."""
         try:
-            header = jws.get_unverified_header(token)
-        except (JOSEError, RecursionError):  # RecursionError: hostile nesting
-            raise _Refused("xsuaa_malformed_token") from None
-        if header.get("alg") != ALGORITHM:
-            raise _Refused("xsuaa_alg_not_allowed")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
-            raise _Refused("xsuaa_kid_bad")
-        zone = _unverified_zone(token)
-        key = self._key_set(zone).key(kid, lambda: self._fetch_keys(zone), self._clock())
-        if key is None:
-            raise _Refused("xsuaa_kid_unknown")
-        try:
-            payload = jws.verify(token, key, algorithms=[ALGORITHM])
-        except (JOSEError, RecursionError):
-            raise _Refused("xsuaa_signature") from None
-        # Hostile nesting and NaN/Infinity are refused by the parser, as for IAS tokens.
-        claims = http.loads_json(payload)
-        if not isinstance(claims, dict):
-            raise _Refused("xsuaa_malformed_token")
+            signed = read_jws(token)
+            claims = signed.claims
+            zone = _zone_of(claims)
+            check_signature(
+                token,
+                self._key_set(zone).key(signed.kid, lambda: self._fetch_keys(zone), self._clock()),
+            )
+        except InvalidToken as error:
+            raise _Refused(f"xsuaa_{error.reason}") from None
         if not self._issuer_trusted(claims.get("iss")):
             raise _Refused("xsuaa_issuer_untrusted")
         try:
@@ -336,11 +326,8 @@ def _token_of(answer: http.Answer) -> str:
     return token
 
 
-def _unverified_zone(token: str) -> str | None:
+def _zone_of(claims: Mapping[str, Any]) -> str | None:
     """The ``zid`` claim of an XSUAA token not yet verified, when it is a plain zone id:
     it only names which zone's keys to fetch, as in SAP's libraries."""
-    try:
-        zone = jwt.get_unverified_claims(token).get("zid")
-    except (JOSEError, AttributeError, RecursionError):  # RecursionError: hostile nesting
-        return None
+    zone = claims.get("zid")
     return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None

@@ -228,6 +228,18 @@ def xsuaa_claims(ias: IASEmulator, **changes: Any) -> dict[str, Any]:
     return claims
 
 
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def non_canonical(token: str) -> str:
+    """``token`` with its signature's last character changed in bits that decoding drops:
+    the same bytes, written another way (a 2048-bit signature leaves 4 such bits)."""
+    head, body, signature = token.split(".")
+    assert len(signature) % 4 == 2
+    last = _BASE64URL.index(signature[-1])
+    return f"{head}.{body}.{signature[:-1]}{_BASE64URL[last ^ 1]}"
+
+
 def b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
@@ -253,18 +265,21 @@ def sign_nested_xsuaa(ias: IASEmulator, depth: int = 1500) -> str:
     ("forge", "reason"),
     [
         (lambda ias: "e30.e30.e30", "xsuaa_alg_not_allowed"),
-        (lambda ias: "a.b.c", "xsuaa_malformed_token"),
+        (lambda ias: "a.b.c", "xsuaa_not_canonical"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"alg": "HS256"}), "alg_not"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"kid": None}), "xsuaa_kid_bad"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"kid": "x"}), "kid_unknown"),
-        (lambda ias: ias.sign_xsuaa(["not", "an", "object"]), "xsuaa_malformed_token"),  # type: ignore[arg-type]
+        (lambda ias: ias.sign_xsuaa(["not", "an", "object"]), "xsuaa_malformed_jwt"),  # type: ignore[arg-type]
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, iss="https://evil.example")), "issuer"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, iss=None)), "xsuaa_issuer_untrusted"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=int(time.time()) - 600)), "expired"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, aud=["another-app"])), "xsuaa_audience"),
-        # The same rules as for IAS tokens: hostile nesting and numbers (issue 11).
-        (lambda ias: f"{b64(nested_json())}.e30.e30", "xsuaa_malformed_token"),
-        (lambda ias: sign_nested_xsuaa(ias), "xsuaa_malformed_token"),
+        # The same rules as for IAS tokens (one reading of a JWS for both hops): a header
+        # with crit, base64url that is not canonical, hostile nesting and numbers.
+        (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias), headers={"crit": ["exp"]}), "crit"),
+        (lambda ias: non_canonical(ias.sign_xsuaa(xsuaa_claims(ias))), "xsuaa_not_canonical"),
+        (lambda ias: f"{b64(nested_json())}.e30.e30", "xsuaa_malformed_jwt"),
+        (lambda ias: sign_nested_xsuaa(ias), "xsuaa_malformed_jwt"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=10**400)), "xsuaa_exp_malformed"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=float("nan"))), "xsuaa_malformed"),
         (lambda ias: ias.sign_xsuaa(xsuaa_claims(ias, exp=float("inf"))), "xsuaa_malformed"),
