@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import requests
 
@@ -157,9 +157,8 @@ class ExchangeClient:
 
     def _token_of(self, answer: http.Answer) -> str:
         if answer.status == 200:
-            body = answer.json()
-            token = body.get(self._use_token) if isinstance(body, Mapping) else None
-            if isinstance(token, str) and token.count(".") == 2:
+            token = http.answer_token(answer, self._use_token)
+            if token is not None:
                 return token
             # Logged in detail here at DEBUG; the refusal's reason code reaches the log anyway.
             logger.debug("Exchange answer holds no usable %s", self._use_token)

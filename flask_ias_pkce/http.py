@@ -290,6 +290,14 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def answer_token(answer: Answer, name: str) -> str | None:
+    """The token ``name`` of a token answer's JSON body (of IAS or XSUAA), if it has the
+    form of a compact JWS (three parts; read_jws checks the rest), else ``None``."""
+    body = answer.json()
+    token = body.get(name) if isinstance(body, dict) else None
+    return token if isinstance(token, str) and token.count(".") == 2 else None
+
+
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 

@@ -316,12 +316,11 @@ def _refuses_client(answer: http.Answer) -> bool:
 
 
 def _token_of(answer: http.Answer) -> str:
-    body = answer.json()
     if answer.status != 200:
         code = http.error_code(answer) or f"status_{answer.status}"
         raise _Refused(f"xsuaa_refused_{code}")
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or token.count(".") != 2:
+    token = http.answer_token(answer, "access_token")
+    if token is None:
         raise _Refused("xsuaa_no_token")
     return token
 
