@@ -20,8 +20,8 @@ import requests
 
 from flask_ias_pkce.bindings import load_bindings
 from flask_ias_pkce.exchange import ExchangeClient
-from flask_ias_pkce.http import HttpPolicy
 from flask_ias_pkce.testing import IASEmulator
+from flask_ias_pkce.transport import HttpPolicy
 
 from ._common import Figure, ratio, run_alone
 from .hot_path import ias_config

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
-from flask_ias_pkce import http
+from flask_ias_pkce import transport
+from flask_ias_pkce.keys import DEFAULT_KEY_LIMITS
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import DEFAULT_KEY_LIMITS
 
 from ._common import Figure, ratio, run_alone
 from .hot_path import protected_app
@@ -59,7 +59,7 @@ def counted_calls() -> Iterator[Counter[str]]:
     """Count every request flask-ias-pkce sends towards IAS, by host and path."""
     counts: Counter[str] = Counter()
     lock = threading.Lock()
-    original = http._send
+    original = transport._send
 
     def send(session: Any, method: str, url: str, policy: Any, **kwargs: Any) -> Any:
         parts = urlsplit(url)
@@ -67,11 +67,11 @@ def counted_calls() -> Iterator[Counter[str]]:
             counts[f"{parts.hostname} {parts.path}"] += 1
         return original(session, method, url, policy, **kwargs)
 
-    http._send = send
+    transport._send = send
     try:
         yield counts
     finally:
-        http._send = original
+        transport._send = original
 
 
 def forged_tokens(ias: IASEmulator, count: int, tenants: int) -> list[str]:

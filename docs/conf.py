@@ -2,7 +2,7 @@
 
 The configuration table and the time bounds are generated from the code
 (:data:`flask_ias_pkce.constants.CONFIG_DEFAULTS`, ``CONFIG_DOCS`` and
-:class:`flask_ias_pkce.http.HttpPolicy`), so the documentation cannot drift from it.
+:class:`flask_ias_pkce.transport.HttpPolicy`), so the documentation cannot drift from it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sphinx.util.docutils import SphinxDirective
 
 import flask_ias_pkce
 from flask_ias_pkce.constants import CONFIG_DEFAULTS, CONFIG_DOCS
-from flask_ias_pkce.http import HttpPolicy
+from flask_ias_pkce.transport import HttpPolicy
 
 project = "flask-ias-pkce"
 author = "the flask-ias-pkce authors"

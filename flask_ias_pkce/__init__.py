@@ -26,7 +26,7 @@ from .errors import (
     MissingToken,
 )
 from .extension import IASPKCE
-from .verify import KeyLimits
+from .keys import KeyLimits
 
 __all__ = [
     "IASPKCE",

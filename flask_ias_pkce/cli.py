@@ -28,6 +28,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
+from .authenticator import Route
 from .bearer import parse_bearer
 from .bindings import BindingError
 from .cache import shared_backend
@@ -36,7 +37,6 @@ from .constants import EXTENSION_NAME
 from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
 from .extension import _State
-from .service import Route
 
 __all__ = ["ias_pkce"]
 

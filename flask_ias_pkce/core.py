@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from flask_caching.backends.base import BaseCache
 
-from . import http
+from . import transport
+from .authenticator import Authenticator, Route
 from .bindings import Bindings, IdentityBinding
 from .cache import TokenCache
 from .cache_backends import sealer
@@ -23,8 +24,8 @@ from .config import Settings
 from .credentials import identity_credentials
 from .errors import InvalidToken
 from .exchange import ExchangeClient
-from .service import Authenticator, Route
-from .verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits, TokenVerifier, issuer_origin
+from .keys import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits
+from .verify import TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
 
 
@@ -32,7 +33,7 @@ from .xsuaa import XsuaaHop, hop_possible
 class Core:
     """The parts of the protocol core for one app."""
 
-    policy: http.HttpPolicy
+    policy: transport.HttpPolicy
     #: One per IAS binding, in routing order.
     routes: tuple[Route, ...]
     cache: TokenCache
@@ -46,7 +47,7 @@ def build_core(
     backend: BaseCache,
     *,
     clock: Callable[[], float] = time.time,
-    correlation_id: Callable[[], str] = http.new_correlation_id,
+    correlation_id: Callable[[], str] = transport.new_correlation_id,
     key_limits: KeyLimits = DEFAULT_KEY_LIMITS,
 ) -> Core:
     """Build the protocol core from checked ``settings``.
@@ -59,7 +60,7 @@ def build_core(
     :raises ~flask_ias_pkce.config.ConfigError: the cache secret does not suit ``backend``.
     """
     bindings = settings.bindings
-    policy = http.HttpPolicy(
+    policy = transport.HttpPolicy(
         verify=settings.verify,
         timeout=settings.timeout,
         retries=settings.retries,
@@ -103,7 +104,7 @@ def build_core(
 def _route(
     identity: IdentityBinding,
     settings: Settings,
-    policy: http.HttpPolicy,
+    policy: transport.HttpPolicy,
     clock: Callable[[], float],
     key_limits: KeyLimits,
 ) -> Route:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import requests
 
-from . import http
+from . import transport
 from .bindings import IdentityBinding
 from .constants import DISCOVERY_TTL_SECONDS, JWT_BEARER_GRANT
 from .credentials import ClientIdentity, Credentials, identity_credentials
@@ -25,7 +25,7 @@ _TRANSIENT_DESCRIPTION = "missing web session"
 _MAX_ENDPOINTS = 256
 
 
-def _is_transient(answer: http.Answer) -> bool:
+def _is_transient(answer: transport.Answer) -> bool:
     body = answer.json()
     if answer.status != 400 or not isinstance(body, dict):
         return False
@@ -37,8 +37,8 @@ def _is_transient(answer: http.Answer) -> bool:
     )
 
 
-def _refuses_client(answer: http.Answer) -> bool:
-    return answer.status in (400, 401) and http.error_code(answer) == "invalid_client"
+def _refuses_client(answer: transport.Answer) -> bool:
+    return answer.status in (400, 401) and transport.error_code(answer) == "invalid_client"
 
 
 class ExchangeClient:
@@ -52,7 +52,7 @@ class ExchangeClient:
         self,
         binding: IdentityBinding,
         *,
-        policy: http.HttpPolicy,
+        policy: transport.HttpPolicy,
         use_token: str,
         session: requests.Session | None = None,
         resources: tuple[str, ...] = (),
@@ -68,7 +68,9 @@ class ExchangeClient:
         self._endpoints_lock = threading.Lock()
         #: The certificate or secret in use; replaced when the binding's files rotate.
         self.credentials = credentials or identity_credentials(binding)
-        self.session = session or http.new_session(identity=self._identity, reread=self._reread)
+        self.session = session or transport.new_session(
+            identity=self._identity, reread=self._reread
+        )
         #: Reads the binding again (set by the extension); called once when IAS refuses
         #: our client or the TLS handshake fails, before the request is answered.
         self.reread: Callable[[], object] | None = None
@@ -93,14 +95,14 @@ class ExchangeClient:
         form.extend(("resource", resource) for resource in self._resources)
         endpoint = self.token_endpoint(issuer)
 
-        def send() -> http.Answer:
+        def send() -> transport.Answer:
             headers = {"Accept": "application/json"}
             credentials = self.credentials
             if credentials.identity is None:
-                headers["Authorization"] = http.basic_authorization(
+                headers["Authorization"] = transport.basic_authorization(
                     self._binding.client_id, credentials.secret or ""
                 )
-            return http.call(
+            return transport.call(
                 self.session,
                 "POST",
                 endpoint,
@@ -111,7 +113,7 @@ class ExchangeClient:
                 headers=headers,
             )
 
-        answer = http.call_rereading(self.credentials, self.reread, send, _refuses_client)
+        answer = transport.call_rereading(self.credentials, self.reread, send, _refuses_client)
         return self._token_of(answer)
 
     def _identity(self) -> ClientIdentity | None:
@@ -128,7 +130,7 @@ class ExchangeClient:
         known = self._endpoints.get(issuer)
         if known is not None and known[1] > now:
             return known[0]
-        answer = http.call(
+        answer = transport.call(
             self.session,
             "GET",
             f"{issuer}/.well-known/openid-configuration",
@@ -155,9 +157,9 @@ class ExchangeClient:
                 self._endpoints.popitem(last=False)
         return endpoint
 
-    def _token_of(self, answer: http.Answer) -> str:
+    def _token_of(self, answer: transport.Answer) -> str:
         if answer.status == 200:
-            token = http.answer_token(answer, self._use_token)
+            token = transport.answer_token(answer, self._use_token)
             if token is not None:
                 return token
             # Logged in detail here at DEBUG; the refusal's reason code reaches the log anyway.
@@ -165,7 +167,7 @@ class ExchangeClient:
             raise IASRefused(
                 "The identity service's answer holds no usable token", reason="exchange_no_token"
             )
-        code = http.error_code(answer) or "unknown"
+        code = transport.error_code(answer) or "unknown"
         if answer.status == 400 and code == "invalid_grant":
             raise InvalidToken(
                 "The identity service does not accept this token", reason="ias_invalid_grant"

@@ -15,7 +15,8 @@ import requests
 from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
 from flask_caching import Cache
 
-from . import cache_backends, http, signals
+from . import cache_backends, signals, transport
+from .authenticator import Authenticator, Route
 from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
 from .bindings import load_bindings
@@ -42,8 +43,7 @@ from .credentials import (
     Credentials,
 )
 from .errors import IASPKCEError, InsufficientScope, MissingToken
-from .service import Authenticator, Route
-from .verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits
+from .keys import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits
 from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
@@ -63,7 +63,7 @@ class _State:
     settings: Settings
     authenticator: Authenticator
     keys: JWKSCache
-    policy: http.HttpPolicy
+    policy: transport.HttpPolicy
     reloader: CredentialReloader | None = None
     watcher: BindingWatcher | None = None
     modes: dict[str, str] = field(default_factory=dict)
@@ -490,7 +490,7 @@ class IASPKCE:
         return session
 
 
-class _DownstreamAdapter(http.ClientCertificateAdapter):
+class _DownstreamAdapter(transport.ClientCertificateAdapter):
     """Presents the current app's client certificate when asked to, or when the request's
     token is bound to a certificate."""
 
@@ -560,16 +560,16 @@ def correlation_id() -> str:
     never needs it.
     """
     if not has_request_context():
-        return http.new_correlation_id()
+        return transport.new_correlation_id()
     known: str | None = g.get(_CORRELATION_ATTRIBUTE)
     if known is None:
         headers = request.headers
         for name in INCOMING_CORRELATION_HEADERS:
-            known = http.checked_correlation_id(headers.get(name))
+            known = transport.checked_correlation_id(headers.get(name))
             if known is not None:
                 break
         else:
-            known = http.new_correlation_id()
+            known = transport.new_correlation_id()
         setattr(g, _CORRELATION_ATTRIBUTE, known)
     return known
 

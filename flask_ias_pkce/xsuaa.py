@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import requests
 from jose.backends.base import Key
 
-from . import http
+from . import transport
 from .bindings import XsuaaBinding
 from .cache import Entry, TokenCache, not_after
 from .constants import (
@@ -51,16 +51,8 @@ from .constants import (
 )
 from .credentials import ClientIdentity, Credentials, xsuaa_credentials
 from .errors import IASPKCEError, IASRefused, InvalidToken
-from .verify import (
-    DEFAULT_KEY_LIMITS,
-    KeyLimits,
-    KeySet,
-    audiences,
-    check_signature,
-    check_times,
-    read_jws,
-    rsa_signing_keys,
-)
+from .keys import DEFAULT_KEY_LIMITS, KeyLimits, KeySet, rsa_signing_keys
+from .verify import audiences, check_signature, check_times, read_jws
 
 if TYPE_CHECKING:
     from .context import TokenContext
@@ -114,7 +106,7 @@ class XsuaaHop:
         self,
         binding: XsuaaBinding,
         *,
-        policy: http.HttpPolicy,
+        policy: transport.HttpPolicy,
         cache: TokenCache,
         leeway: float,
         clock: Callable[[], float],
@@ -148,7 +140,9 @@ class XsuaaHop:
         self._app_tid = app_tid
         #: The certificate or secret in use; replaced when the binding's files rotate.
         self.credentials: Credentials = xsuaa_credentials(binding)
-        self.session = session or http.new_session(identity=self._identity, reread=self._reread)
+        self.session = session or transport.new_session(
+            identity=self._identity, reread=self._reread
+        )
         #: Reads the binding again (set by the extension), as for the exchange at IAS.
         self.reread: Callable[[], object] | None = None
         self._key_sets: OrderedDict[str | None, KeySet] = OrderedDict()
@@ -198,14 +192,14 @@ class XsuaaHop:
             "token_format": "jwt",
         }
 
-        def send() -> http.Answer:
+        def send() -> transport.Answer:
             sent = dict(headers)
             credentials = self.credentials
             if credentials.identity is None:
-                sent["Authorization"] = http.basic_authorization(
+                sent["Authorization"] = transport.basic_authorization(
                     self._binding.client_id, credentials.secret or ""
                 )
-            return http.call(
+            return transport.call(
                 self.session,
                 "POST",
                 self._token_url,
@@ -215,7 +209,7 @@ class XsuaaHop:
                 headers=sent,
             )
 
-        answer = http.call_rereading(self.credentials, self.reread, send, _refuses_client)
+        answer = transport.call_rereading(self.credentials, self.reread, send, _refuses_client)
         try:
             token = _token_of(answer)
             expires_at = self._verify(token)
@@ -291,7 +285,7 @@ class XsuaaHop:
         if zone is not None:
             params = {"zid": zone, **params}
             headers["x-zid"] = zone
-        answer = http.call(
+        answer = transport.call(
             self.session,
             "GET",
             self._keys_url,
@@ -309,17 +303,17 @@ class XsuaaHop:
         return keys
 
 
-def _refuses_client(answer: http.Answer) -> bool:
+def _refuses_client(answer: transport.Answer) -> bool:
     # XSUAA answers a client it does not know with 401 (error "unauthorized" or
     # "invalid_client").
     return answer.status == 401
 
 
-def _token_of(answer: http.Answer) -> str:
+def _token_of(answer: transport.Answer) -> str:
     if answer.status != 200:
-        code = http.error_code(answer) or f"status_{answer.status}"
+        code = transport.error_code(answer) or f"status_{answer.status}"
         raise _Refused(f"xsuaa_refused_{code}")
-    token = http.answer_token(answer, "access_token")
+    token = transport.answer_token(answer, "access_token")
     if token is None:
         raise _Refused("xsuaa_no_token")
     return token

@@ -31,9 +31,9 @@ from werkzeug.test import TestResponse
 
 from flask_ias_pkce import KeyLimits
 from flask_ias_pkce.constants import EXTENSION_NAME, RETRY_AFTER_SECONDS
-from flask_ias_pkce.http import HttpPolicy, new_session
+from flask_ias_pkce.keys import rsa_signing_keys
 from flask_ias_pkce.testing import IASEmulator, _pki
-from flask_ias_pkce.verify import rsa_signing_keys
+from flask_ias_pkce.transport import HttpPolicy, new_session
 
 import helpers
 from helpers import FakeClock, bearer

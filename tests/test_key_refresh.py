@@ -15,8 +15,8 @@ import requests
 from flask import Flask
 
 from flask_ias_pkce.constants import EXTENSION_NAME, JWKS_REFETCH_INTERVAL_SECONDS
+from flask_ias_pkce.keys import cache_max_age
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import cache_max_age
 
 from helpers import FakeClock, bearer, build_app
 

@@ -16,11 +16,12 @@ import pytest
 from jose import jwt
 
 from benchmarks import forged
-from flask_ias_pkce import http
+from flask_ias_pkce import transport
 from flask_ias_pkce.errors import IASPKCEError
-from flask_ias_pkce.http import HttpPolicy, new_session
+from flask_ias_pkce.keys import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits
 from flask_ias_pkce.testing import IASEmulator
-from flask_ias_pkce.verify import DEFAULT_KEY_LIMITS, JWKSCache, KeyLimits, TokenVerifier
+from flask_ias_pkce.transport import HttpPolicy, new_session
+from flask_ias_pkce.verify import TokenVerifier
 
 from helpers import FakeClock, bearer, build_app
 
@@ -175,7 +176,7 @@ def test_made_up_tenants_share_one_small_budget(ias_emulator: IASEmulator) -> No
     clock = FakeClock(time.time())
     client = build_app(ias_emulator, clock=clock, IAS_PKCE_RETRIES=0).test_client()
     sent: list[str] = []
-    original = http._send
+    original = transport._send
 
     def send(session: Any, method: str, url: str, policy: Any, **kwargs: Any) -> Any:
         sent.append(url)
@@ -183,7 +184,7 @@ def test_made_up_tenants_share_one_small_budget(ias_emulator: IASEmulator) -> No
 
     statuses = []
     real = []
-    with mock.patch.object(http, "_send", send):
+    with mock.patch.object(transport, "_send", send):
         for minute in range(3):
             for index in range(40):
                 token = ias_emulator.foreign_key_token(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from jose import jwt
 
-from flask_ias_pkce.service import same_user
+from flask_ias_pkce.authenticator import same_user
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, build_app

@@ -15,7 +15,8 @@ from .config import Settings
 from .context import TokenContext
 from .errors import IASRefused, InvalidToken
 from .exchange import ExchangeClient
-from .verify import JWKSCache, TokenVerifier, audiences, issuer_origin, unverified_claims
+from .keys import JWKSCache
+from .verify import TokenVerifier, audiences, issuer_origin, unverified_claims
 from .xsuaa import XsuaaHop
 
 logger = logging.getLogger("flask_ias_pkce")
