@@ -36,7 +36,7 @@ from .config import ConfigError, foreign_audiences_warning, is_enabled
 from .constants import EXTENSION_NAME
 from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
-from .extension import _State
+from .extension import AppState
 
 __all__ = ["ias_pkce"]
 
@@ -90,7 +90,7 @@ class _Steps:
         return f"result: {outcome} ({counted})"
 
 
-def _state() -> _State:
+def _state() -> AppState:
     state = current_app.extensions.get(EXTENSION_NAME)
     if state is None and not is_enabled(current_app.config):
         click.echo(
@@ -161,7 +161,7 @@ def _check() -> None:
         sys.exit(1)
 
 
-def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
+def _check_binding(steps: _Steps, state: AppState, route: Route) -> None:
     """The steps of ``flask ias-pkce check`` for one IAS binding, with its own keys and
     client."""
     settings = state.settings
@@ -230,7 +230,7 @@ def _check_binding(steps: _Steps, state: _State, route: Route) -> None:
         steps.skipped("client auth", "needs a TLS connection")
 
 
-def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
+def _check_certificate_expiry(steps: _Steps, state: AppState) -> None:
     credentials = state.authenticator.exchanger.credentials
     expiry = credentials.expiry()
     if expiry is None:
@@ -243,7 +243,7 @@ def _check_certificate_expiry(steps: _Steps, state: _State) -> None:
         steps.passed("certificate", line)
 
 
-def _check_cache(steps: _Steps, state: _State) -> None:
+def _check_cache(steps: _Steps, state: AppState) -> None:
     """Which cache is in use; for a shared one (Redis, its Cluster, Sentinel) one PING."""
     backend = state.authenticator.cache.backend
     shared = shared_backend(backend)

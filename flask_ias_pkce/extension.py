@@ -57,7 +57,7 @@ OPTIONAL: Final = "optional"
 
 
 @dataclass(eq=False)  # compared and hashed by identity: one per app
-class _State:
+class AppState:
     """What ``app.extensions["ias_pkce"]`` holds for one app."""
 
     settings: Settings
@@ -105,7 +105,7 @@ class IASPKCE:
         self._blueprint_rules: dict[object, tuple[Requirement, ...]] = {}
         # The states of the apps initialised so far, so that a rule added later is checked
         # against them at once and reaches their per-endpoint caches. Weak: the app owns them.
-        self._states: weakref.WeakSet[_State] = weakref.WeakSet()
+        self._states: weakref.WeakSet[AppState] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -149,7 +149,7 @@ class IASPKCE:
             key_limits=self._key_limits,
         )
         routes, xsuaa_hop = core.routes, core.xsuaa
-        state = _State(settings, core.authenticator, routes[0].keys, core.policy, xsuaa=xsuaa_hop)
+        state = AppState(settings, core.authenticator, routes[0].keys, core.policy, xsuaa=xsuaa_hop)
         _check_scopes_possible(state, self._rules())
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
@@ -167,7 +167,7 @@ class IASPKCE:
         )
 
     def _watch_credentials(
-        self, app: Flask, state: _State, routes: Sequence[Route], xsuaa_hop: XsuaaHop | None
+        self, app: Flask, state: AppState, routes: Sequence[Route], xsuaa_hop: XsuaaHop | None
     ) -> None:
         # The app only by weak reference: neither the reloader nor the watcher thread may
         # keep an app alive (Flask's extension rules).
@@ -221,7 +221,7 @@ class IASPKCE:
             disabled: it holds no credentials then).
         """
         target = app if app is not None else _app()
-        state: _State | None = target.extensions.get(EXTENSION_NAME)
+        state: AppState | None = target.extensions.get(EXTENSION_NAME)
         if state is None or state.reloader is None:
             return False
         return state.reloader.reload()
@@ -358,7 +358,7 @@ class IASPKCE:
         for state in list(self._states):
             state.modes.clear()
 
-    def _mode(self, state: _State, current: Request) -> str:
+    def _mode(self, state: AppState, current: Request) -> str:
         endpoint = current.endpoint
         if endpoint is None or current.routing_exception is not None:
             return SKIP  # 404 and 405 answer without a challenge
@@ -367,7 +367,7 @@ class IASPKCE:
             mode = state.modes[endpoint] = self._resolve(_app(), state, endpoint)
         return mode
 
-    def _resolve(self, app: Flask, state: _State, endpoint: str) -> str:
+    def _resolve(self, app: Flask, state: AppState, endpoint: str) -> str:
         mark = self._view_marks.get(app.view_functions.get(endpoint))  # type: ignore[arg-type]
         if mark is not None:
             return mark
@@ -381,7 +381,7 @@ class IASPKCE:
                 return mark
         return REQUIRED if state.settings.protect == "all" else SKIP
 
-    def _resolve_rules(self, state: _State, current: Request) -> tuple[Requirement, ...]:
+    def _resolve_rules(self, state: AppState, current: Request) -> tuple[Requirement, ...]:
         """The endpoint's rules: its innermost marked blueprint's, then the view's own."""
         app = _app()
         inherited: tuple[Requirement, ...] = ()
@@ -402,7 +402,7 @@ class IASPKCE:
 
     # -- the hook -----------------------------------------------------------------------
 
-    def _hook(self, state: _State) -> Callable[[], None]:
+    def _hook(self, state: AppState) -> Callable[[], None]:
         """The ``before_request`` function of one app, bound to its state: no lookup of
         the app on the hot path. A plain function rather than a ``functools.partial``:
         Flask asks :mod:`inspect` on every request whether each hook is a coroutine
@@ -413,7 +413,7 @@ class IASPKCE:
 
         return authenticate_request
 
-    def _authenticate_request(self, state: _State) -> None:
+    def _authenticate_request(self, state: AppState) -> None:
         settings = state.settings
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
@@ -511,14 +511,14 @@ class _DownstreamAdapter(transport.ClientCertificateAdapter):
     def _chosen_identity(self) -> ClientIdentity | None:
         if not self._always and not _certificate_bound(current_token):
             return None
-        state: _State = _app().extensions[EXTENSION_NAME]
+        state: AppState = _app().extensions[EXTENSION_NAME]
         identity = _route_of(state, current_token).exchanger.credentials.identity
         if identity is None:
             raise RuntimeError("ias.session(mtls=True): the IAS binding has no client certificate")
         return identity
 
 
-def _route_of(state: _State, token: Any) -> Route:
+def _route_of(state: AppState, token: Any) -> Route:
     """The binding that obtained ``token``: the first whose client id is in its ``aud``
     (as the request was routed), else the first binding."""
     routes = state.authenticator.routes
@@ -591,7 +591,7 @@ def _authorize(rules: tuple[Requirement, ...], context: TokenContext) -> None:
             raise InsufficientScope(description, reason=rule.reason, needed=rule.challenge_names())
 
 
-def _check_scopes_possible(state: _State, rules: Iterable[Requirement]) -> None:
+def _check_scopes_possible(state: AppState, rules: Iterable[Requirement]) -> None:
     """Scope rules need the second hop and the xsappname: refuse them at registration."""
     if not any(rule.kind == SCOPE for rule in rules):
         return

@@ -17,7 +17,7 @@ from flask_caching.backends.simplecache import SimpleCache
 
 from flask_ias_pkce import IASPKCE, ConfigError, current_token
 from flask_ias_pkce.redis_cache import SafeRedisCache
-from flask_ias_pkce.testing import IASEmulator
+from flask_ias_pkce.testing import IASEmulator, token_cache_backend
 from flask_ias_pkce.testing.redis_server import RedisServer
 
 from helpers import bearer, build_app, emulator_config
@@ -360,7 +360,7 @@ def test_host_cache_settings_never_reach_our_redis_backend(
     )
     IASPKCE(app)
 
-    backend = app.extensions["ias_pkce"].authenticator.cache.backend
+    backend = token_cache_backend(app)
     assert isinstance(backend, SafeRedisCache)
     assert backend.key_prefix == ""
     kwargs = backend.client.get_connection_kwargs()
@@ -383,7 +383,7 @@ def test_host_cache_settings_never_reach_our_in_process_backend(
     def me() -> dict[str, Any]:
         return {"from_cache": current_token.from_cache}
 
-    backend = app.extensions["ias_pkce"].authenticator.cache.backend
+    backend = token_cache_backend(app)
     assert type(backend) is SimpleCache
     assert backend._threshold == 10_000
     assert backend.default_timeout == 300
@@ -392,3 +392,8 @@ def test_host_cache_settings_never_reach_our_in_process_backend(
         {"from_cache": False},
         {"from_cache": True},
     ]
+
+
+def test_the_testing_helpers_refuse_an_app_without_the_extension() -> None:
+    with pytest.raises(LookupError, match="not initialised"):
+        token_cache_backend(Flask("bare"))

@@ -19,7 +19,7 @@ from processes import Gunicorn, app_environment
 
 from flask_ias_pkce import IASPKCE
 from flask_ias_pkce.redis_cache import SafeRedisCache
-from flask_ias_pkce.testing import IASEmulator
+from flask_ias_pkce.testing import IASEmulator, token_cache_backend, token_cache_key
 from flask_ias_pkce.testing.redis_server import RedisClusterServer, _free_port
 
 from helpers import bearer, build_app
@@ -54,7 +54,7 @@ def cluster_config(cluster: RedisClusterServer, **more: Any) -> dict[str, Any]:
 
 
 def backend(app: Flask) -> SafeRedisCache:
-    cache = app.extensions["ias_pkce"].authenticator.cache.backend
+    cache = token_cache_backend(app)
     assert isinstance(cache, SafeRedisCache)
     return cache
 
@@ -166,7 +166,7 @@ def test_moved_after_a_manual_failover_is_followed(
     client = app.test_client()
     token = ias_emulator.issue_public_token()
     assert client.get("/api/me", headers=bearer(token)).json["from_cache"] is False
-    name = backend(app)._key(app.extensions["ias_pkce"].authenticator.cache.key(token))
+    name = backend(app)._key(token_cache_key(app, token))
     old = empty_cluster.master_of(name)
     replica = next(
         node

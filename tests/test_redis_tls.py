@@ -15,7 +15,7 @@ from processes import Gunicorn, app_environment
 
 from flask_ias_pkce import ConfigError
 from flask_ias_pkce.redis_cache import SafeRedisCache
-from flask_ias_pkce.testing import IASEmulator
+from flask_ias_pkce.testing import IASEmulator, token_cache_backend
 from flask_ias_pkce.testing.redis_server import RedisServer, TLSFiles
 
 from helpers import bearer, build_app
@@ -51,7 +51,7 @@ def tls_config(server: RedisServer, **more: Any) -> dict[str, Any]:
 
 
 def backend(app: Any) -> SafeRedisCache:
-    cache = app.extensions["ias_pkce"].authenticator.cache.backend
+    cache = token_cache_backend(app)
     assert isinstance(cache, SafeRedisCache)
     return cache
 

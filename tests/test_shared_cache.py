@@ -18,7 +18,7 @@ from processes import Gunicorn, app_environment
 from flask_ias_pkce import ConfigError
 from flask_ias_pkce.cache import Entry, from_bytes, to_bytes
 from flask_ias_pkce.sealing import Sealer
-from flask_ias_pkce.testing import IASEmulator
+from flask_ias_pkce.testing import IASEmulator, token_cache_key
 from flask_ias_pkce.testing.redis_server import RedisServer
 
 from helpers import bearer, build_app
@@ -182,7 +182,7 @@ def test_values_planted_in_redis_are_never_trusted(
     app = build_app(ias_emulator, **redis_config(redis_server))
     client = app.test_client()
     token = ias_emulator.issue_public_token()
-    key = app.extensions["ias_pkce"].authenticator.cache.key(token)
+    key = token_cache_key(app, token)
     forged = to_bytes(Entry("forged.token.value", 4_102_444_800.0))
     marker = tmp_path / "unpickled"
     _Marker.path = str(marker)
