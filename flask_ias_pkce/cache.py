@@ -36,15 +36,12 @@ _FORMAT = 1
 
 @dataclass(frozen=True)
 class Entry:
-    """What we remember about one public token.
-
-    ``token`` is the token to use downstream (the exchanged one, or the public one itself
-    on passthrough); it is empty for a negative entry (``denied``: IAS refused the token).
-    """
+    """What we remember about one accepted public token (or about an exchanged token, for
+    the second hop): ``token`` is the token to use downstream (the exchanged one, or the
+    public one itself on passthrough), served until ``not_after``."""
 
     token: str = field(repr=False)
     not_after: float
-    denied: bool = False
     passthrough: bool = False
 
     @cached_property
@@ -64,28 +61,49 @@ class Entry:
         """The ``scope`` claim as a set (of an XSUAA token's entry), made once per entry."""
         return claim_scopes(self.claims)
 
-    def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "v": _FORMAT,
-                "t": self.token,
-                "n": self.not_after,
-                "d": self.denied,
-                "p": self.passthrough,
-            },
-            separators=(",", ":"),
-        ).encode()
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Entry | None:
-        try:
-            raw = json.loads(data)
-            if raw["v"] != _FORMAT:
-                return None
-            entry = cls(str(raw["t"]), float(raw["n"]), bool(raw["d"]), bool(raw["p"]))
-        except (ValueError, KeyError, TypeError):
+@dataclass(frozen=True)
+class Denial:
+    """IAS refused a public token (``invalid_grant``): remembered until ``not_after``, so
+    that the token is refused here instead of being sent to IAS again."""
+
+    not_after: float
+
+
+#: What the cache holds for a key.
+Cached = Entry | Denial
+
+
+def to_bytes(cached: Cached) -> bytes:
+    """The plaintext of ``cached``, before it is sealed."""
+    # One format for both kinds, a denial being a token-less record flagged "d" (as
+    # earlier versions wrote it), so that processes of two versions can share a cache.
+    if isinstance(cached, Denial):
+        token, passthrough = "", False
+    else:
+        token, passthrough = cached.token, cached.passthrough
+    record = {
+        "v": _FORMAT,
+        "t": token,
+        "n": cached.not_after,
+        "d": isinstance(cached, Denial),
+        "p": passthrough,
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def from_bytes(data: bytes) -> Cached | None:
+    """What :func:`to_bytes` made of it, or ``None`` for anything else."""
+    try:
+        raw = json.loads(data)
+        if raw["v"] != _FORMAT:
             return None
-        return entry
+        not_after = float(raw["n"])
+        if bool(raw["d"]):
+            return Denial(not_after)
+        return Entry(str(raw["t"]), not_after, bool(raw["p"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def shared_backend(backend: BaseCache) -> SafeRedisCache | None:
@@ -105,7 +123,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.entry: Entry | None = None
+        self.entry: Cached | None = None
         self.error: BaseException | None = None
 
 
@@ -138,7 +156,7 @@ class TokenCache:
         self._scope = scope
         self._purposes: dict[str, str] = {}  # purpose -> purpose within this scope
         self.sealer = sealer
-        self._l1: dict[str, Entry] = {}
+        self._l1: dict[str, Cached] = {}
         self._l1_size = max(0, l1_size)
         self._l1_lock = threading.Lock()
         self._clock = clock
@@ -154,7 +172,7 @@ class TokenCache:
             self._purposes[purpose] = scoped
         return self.sealer.cache_key(token, purpose=scoped)
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str) -> Cached | None:
         """The entry for ``key`` if one is still valid now: in process first, then shared."""
         now = self._clock()
         entry = self._l1.get(key)
@@ -171,17 +189,17 @@ class TokenCache:
         self._remember(key, entry)
         return entry
 
-    def put(self, key: str, entry: Entry) -> None:
+    def put(self, key: str, entry: Cached) -> None:
         """Store ``entry`` until its ``not_after``; an entry already due is not stored."""
         ttl = entry.not_after - self._clock()
         # Flask-Caching reads a timeout of 0 as "forever": never let one through.
         if ttl < 1:
             return
         self._remember(key, entry)
-        sealed = self.sealer.seal(entry.to_bytes(), associated=key.encode())
+        sealed = self.sealer.seal(to_bytes(entry), associated=key.encode())
         self.backend.set(key, sealed, timeout=int(ttl))
 
-    def _remember(self, key: str, entry: Entry) -> None:
+    def _remember(self, key: str, entry: Cached) -> None:
         if not self._l1_size:
             return
         with self._l1_lock:
@@ -189,18 +207,19 @@ class TokenCache:
                 self._l1.pop(next(iter(self._l1)), None)
             self._l1[key] = entry
 
-    def _open(self, key: str, sealed: Any) -> Entry | None:
+    def _open(self, key: str, sealed: Any) -> Cached | None:
         plaintext = (
             self.sealer.open(sealed, associated=key.encode()) if isinstance(sealed, bytes) else None
         )
-        entry = Entry.from_bytes(plaintext) if plaintext is not None else None
+        entry = from_bytes(plaintext) if plaintext is not None else None
         if entry is None:
             # Written by someone else, with another secret, or damaged: never trusted.
             logger.warning("A cache entry failed authentication; treated as a miss")
         return entry
 
-    def get_or_compute(self, key: str, compute: Callable[[], Entry]) -> tuple[Entry, bool]:
-        """The entry for ``key``, computing it at most once at a time per token.
+    def get_or_compute(self, key: str, compute: Callable[[], Cached]) -> tuple[Cached, bool]:
+        """The entry for ``key``, computing it at most once at a time per token, and
+        storing what was computed (until its ``not_after``).
 
         Returns ``(entry, computed_here)``. Other threads of this process wait for the
         thread that computes; with a shared backend, other processes wait on a Redis lock.
@@ -218,7 +237,7 @@ class TokenCache:
                     raise copy.copy(flight.error)
                 if flight.entry is not None:
                     return flight.entry, False
-            return compute(), True
+            return self._compute_and_store(key, compute), True
         try:
             # The previous flight for this key may have ended between our miss and now.
             entry = self.get(key)
@@ -236,12 +255,17 @@ class TokenCache:
             with self._flights_lock:
                 self._flights.pop(key, None)
 
+    def _compute_and_store(self, key: str, compute: Callable[[], Cached]) -> Cached:
+        entry = compute()
+        self.put(key, entry)
+        return entry
+
     def _compute_once_across_processes(
-        self, key: str, compute: Callable[[], Entry]
-    ) -> tuple[Entry, bool]:
+        self, key: str, compute: Callable[[], Cached]
+    ) -> tuple[Cached, bool]:
         backend = shared_backend(self.backend)
         if backend is None:
-            return compute(), True
+            return self._compute_and_store(key, compute), True
         lock_key = key + ":lock"
         # The lock outlives a stalled holder by little; keep_alive renews it meanwhile.
         lock = backend.lock(lock_key, ttl_ms=5000)
@@ -252,7 +276,7 @@ class TokenCache:
                 if entry is not None:
                     return entry, False
                 with lock.keep_alive():
-                    return compute(), True
+                    return self._compute_and_store(key, compute), True
             finally:
                 lock.release()
         sealed = backend.wait_for(key, self._wait_timeout, lock_key=lock_key)
@@ -261,4 +285,4 @@ class TokenCache:
             if entry is not None and entry.not_after > self._clock():
                 self._remember(key, entry)
                 return entry, False
-        return compute(), True
+        return self._compute_and_store(key, compute), True

@@ -31,7 +31,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from .bearer import parse_bearer
 from .bindings import BindingError
 from .cache import shared_backend
-from .config import ConfigError, foreign_audiences_warning
+from .config import ConfigError, foreign_audiences_warning, is_enabled
 from .constants import EXTENSION_NAME
 from .credentials import EXPIRY_WARNING_SECONDS, expiry_date
 from .errors import IASPKCEError
@@ -92,7 +92,7 @@ class _Steps:
 
 def _state() -> _State:
     state = current_app.extensions.get(EXTENSION_NAME)
-    if state is None and current_app.config.get("IAS_PKCE_ENABLED") is False:
+    if state is None and not is_enabled(current_app.config):
         click.echo(
             "FAIL  extension    flask-ias-pkce is disabled on this app (IAS_PKCE_ENABLED = "
             "False): no binding was read"

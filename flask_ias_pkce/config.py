@@ -6,16 +6,24 @@ raised when the app starts, never at its first request.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
+import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .bindings import Bindings
-from .constants import CONFIG_DEFAULTS, PROTECT_MODES, USE_TOKEN_CHOICES
+from .constants import (
+    CACHE_BACKEND_DEFAULTS,
+    CONFIG_DEFAULTS,
+    PROTECT_MODES,
+    USE_TOKEN_CHOICES,
+)
 
 
 class ConfigError(ValueError):
@@ -25,6 +33,18 @@ class ConfigError(ValueError):
 class UnknownConfigKeyWarning(UserWarning):
     """An ``IAS_PKCE_*`` key of ``app.config`` that the extension does not read (most
     likely misspelt); the message names the closest known key."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The token cache's own settings."""
+
+    #: The ``CACHE_*`` configuration of the extension's own Flask-Caching backend: every
+    #: ``IAS_PKCE_CACHE_<name>`` as ``CACHE_<name>``, over a default for every key that
+    #: Flask-Caching and our backends read (so none of the host's ``CACHE_*`` gets in).
+    backend_config: Mapping[str, Any]
+    #: ``IAS_PKCE_CACHE_SECRET``: names entries and seals their values; ``None``: random.
+    secret: str | bytes | None
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class Settings:
     retries: int
     negative_ttl: int
     l1_size: int
+    cache: CacheSettings
     bindings: Bindings
     #: The ``app_tid`` values whose tokens are accepted; ``None``: any tenant's.
     tenants: frozenset[str] | None = None
@@ -206,6 +227,47 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: config.get(key, default) for key, default in CONFIG_DEFAULTS.items()}
 
 
+def _cache_settings(config: Mapping[str, Any]) -> CacheSettings:
+    backend_config = dict(CACHE_BACKEND_DEFAULTS)
+    for key, value in config.items():
+        if key.startswith("IAS_PKCE_CACHE_") and key != "IAS_PKCE_CACHE_SECRET":
+            backend_config[key.removeprefix("IAS_PKCE_")] = value
+    secret = config.get("IAS_PKCE_CACHE_SECRET")
+    if secret is not None and not isinstance(secret, str | bytes):
+        raise ConfigError("IAS_PKCE_CACHE_SECRET must be text or bytes")
+    return CacheSettings(backend_config, secret)
+
+
+def warn_unknown_keys(config: Mapping[str, Any]) -> None:
+    """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
+    leave its default in force without a word."""
+    known = {*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in CACHE_BACKEND_DEFAULTS)}
+    # Compared without the common prefix, which would make every key look alike.
+    suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
+    for key in sorted(config):
+        if not key.startswith("IAS_PKCE_") or key in known:
+            continue
+        closest = difflib.get_close_matches(key.removeprefix("IAS_PKCE_"), suffixes, n=1)
+        hint = f"did you mean {suffixes[closest[0]]}?" if closest else "no known key is close"
+        warnings.warn(
+            f"flask-ias-pkce reads no config key {key}: {hint} (its value is ignored)",
+            UnknownConfigKeyWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package
+    (``IASPKCE(app)`` or ``init_app``, whichever the host app called)."""
+    package = os.path.dirname(__file__)
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
     """Check every ``IAS_PKCE_*`` key and return the :class:`Settings`."""
     values = with_defaults(config)
@@ -236,6 +298,7 @@ def load_settings(config: Mapping[str, Any], bindings: Bindings) -> Settings:
         retries=_integer(values, "IAS_PKCE_RETRIES", 0, 5),
         negative_ttl=_integer(values, "IAS_PKCE_NEGATIVE_TTL", 1, 3600),
         l1_size=_integer(values, "IAS_PKCE_L1_SIZE", 0, 1_000_000),
+        cache=_cache_settings(config),
         bindings=bindings,
         tenants=_tenants(values),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 #: The extension's key in ``app.extensions``.
@@ -168,15 +169,46 @@ CONFIG_DOCS: Final[dict[str, str]] = {
     "IAS_PKCE_REALM": "The ``realm`` of the ``WWW-Authenticate`` challenge.",
 }
 
-#: ``CACHE_*`` keys that flask-ias-pkce's Redis backend reads beyond Flask-Caching's own
-#: (``IAS_PKCE_CACHE_<name>`` in ``app.config``); ``init_app`` warns of any other unknown key.
-REDIS_CACHE_KEYS: Final = ("CACHE_REDIS_SOCKET_TIMEOUT", "CACHE_REDIS_HEALTH_CHECK_INTERVAL")
+#: Every ``CACHE_*`` key that Flask-Caching and the token cache's backends (SimpleCache,
+#: NullCache, SafeRedisCache) read, with the value of the extension's own cache unless
+#: ``IAS_PKCE_CACHE_<name>`` says otherwise. Flask-Caching starts from a copy of the host's
+#: ``app.config``: setting every key it and our backends read keeps the host's ``CACHE_*``
+#: (``CACHE_REDIS_SOCKET_TIMEOUT``, ``CACHE_KEY_PREFIX``, ...) out of our cache. A test
+#: checks that no backend reads a key outside this mapping.
+CACHE_BACKEND_DEFAULTS: Final[dict[str, Any]] = {
+    "CACHE_DEFAULT_TIMEOUT": 300,
+    "CACHE_IGNORE_ERRORS": False,
+    "CACHE_THRESHOLD": 10_000,
+    "CACHE_KEY_PREFIX": "",
+    "CACHE_OPTIONS": None,
+    "CACHE_ARGS": [],
+    "CACHE_NO_NULL_WARNING": True,
+    "CACHE_SOURCE_CHECK": False,
+    "CACHE_SERIALIZER": None,
+    "CACHE_ENABLE_SIGNALS": False,
+    "CACHE_HASH_METHOD": hashlib.sha256,
+    "CACHE_DIR": None,
+    "CACHE_FILE_HASH_METHOD": hashlib.sha256,
+    "CACHE_MEMCACHED_SERVERS": None,
+    # CACHE_TYPE and the Redis backend's keys, with the defaults of their IAS_PKCE_ keys.
+    **{
+        key.removeprefix("IAS_PKCE_"): value
+        for key, value in CONFIG_DEFAULTS.items()
+        if key.startswith("IAS_PKCE_CACHE_") and key != "IAS_PKCE_CACHE_SECRET"
+    },
+}
 
 PROTECT_MODES: Final = ("all", "marked")
 USE_TOKEN_CHOICES: Final = ("id_token", "access_token")
 
-#: JWKS kept this long before it is fetched again (SAP's Python library: 15 minutes).
+#: JWKS kept this long before it is fetched again (SAP's Python library: 15 minutes), when
+#: the source sends no ``Cache-Control: max-age``.
 JWKS_TTL_SECONDS: Final = 15 * 60
+#: A ``max-age`` from the source is honoured within these bounds: not below (a source
+#: saying ``max-age=0`` would be asked on every request), not above (a rotation with a
+#: removed key must not go unnoticed for long).
+JWKS_MIN_TTL_SECONDS: Final = 5 * 60
+JWKS_MAX_TTL_SECONDS: Final = 60 * 60
 #: An unknown ``kid`` triggers a new JWKS fetch at most this often per issuer.
 JWKS_REFETCH_INTERVAL_SECONDS: Final = 30.0
 #: While an issuer has never served keys, a failed fetch is answered again for this long

@@ -3,14 +3,9 @@ token, and the ``before_request`` hook. The only module that knows Flask's hooks
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib.util
 import logging
 import os
-import sys
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +15,8 @@ from urllib.parse import urlsplit
 import requests
 from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
 from flask_caching import Cache
-from flask_caching.backends.base import BaseCache
-from flask_caching.backends.nullcache import NullCache
-from flask_caching.backends.simplecache import SimpleCache
-from werkzeug.utils import ImportStringError, import_string
 
-from . import http, signals
+from . import cache_backends, http, signals
 from .authorization import GROUP, SCOPE, Requirement
 from .bearer import bearer_credentials
 from .bindings import Bindings, IdentityBinding, load_bindings
@@ -33,18 +24,16 @@ from .cache import TokenCache
 from .config import (
     ConfigError,
     Settings,
-    UnknownConfigKeyWarning,
     foreign_audiences_warning,
     is_enabled,
     load_settings,
+    warn_unknown_keys,
 )
 from .constants import (
     BINDING_POLL_SECONDS,
-    CONFIG_DEFAULTS,
     EXTENSION_NAME,
     G_ATTRIBUTE,
     INCOMING_CORRELATION_HEADERS,
-    REDIS_CACHE_KEYS,
 )
 from .context import TokenContext, current_token, resolve_g
 from .credentials import (
@@ -56,7 +45,6 @@ from .credentials import (
 )
 from .errors import IASPKCEError, InsufficientScope, InvalidToken, MissingToken
 from .exchange import ExchangeClient
-from .sealing import Sealer
 from .service import Authenticator, Route
 from .verify import JWKSCache, TokenVerifier, issuer_origin
 from .xsuaa import XsuaaHop, hop_possible
@@ -69,35 +57,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 SKIP: Final = "skip"
 REQUIRED: Final = "required"
 OPTIONAL: Final = "optional"
-
-_SAFE_REDIS = "flask_ias_pkce.redis_cache.SafeRedisCache"
-_REDIS_ALIASES = frozenset({"RedisCache", "SafeRedisCache", _SAFE_REDIS})
-# The only backends the token cache may use: SimpleCache and NullCache keep nothing outside
-# the process, and SafeRedisCache has no serializer at all. Every other Flask-Caching
-# backend (Redis, Redis Sentinel and Cluster, Memcached, FileSystem, ...) unpickles what it
-# reads, so whoever can write to its store could run code in the app. An allowlist of
-# backend classes, checked on the built instance: a denylist of CACHE_TYPE strings missed
-# import paths, aliases and the host's own Cache.
-_IN_PROCESS_BACKENDS: Final = (SimpleCache, NullCache)
-# Flask-Caching reads these itself; setting each keeps the host's CACHE_* out of our cache.
-_CACHE_DEFAULTS: Final = {
-    "CACHE_TYPE": "SimpleCache",
-    "CACHE_DEFAULT_TIMEOUT": 300,
-    "CACHE_IGNORE_ERRORS": False,
-    "CACHE_THRESHOLD": 10_000,
-    "CACHE_KEY_PREFIX": "",
-    "CACHE_OPTIONS": None,
-    "CACHE_ARGS": [],
-    "CACHE_NO_NULL_WARNING": True,
-    "CACHE_SOURCE_CHECK": False,
-    "CACHE_REDIS_URL": None,
-    "CACHE_SERIALIZER": None,
-    "CACHE_ENABLE_SIGNALS": False,
-    "CACHE_HASH_METHOD": hashlib.sha256,
-    "CACHE_DIR": None,
-    "CACHE_FILE_HASH_METHOD": hashlib.sha256,
-    "CACHE_MEMCACHED_SERVERS": None,
-}
 
 
 @dataclass(eq=False)  # compared and hashed by identity: one per app
@@ -160,9 +119,7 @@ class IASPKCE:
             raise RuntimeError(
                 "flask-ias-pkce is already initialised on this app: call init_app once per app"
             )
-        _warn_unknown_keys(app.config)
-        for key, default in CONFIG_DEFAULTS.items():
-            app.config.setdefault(key, default)
+        warn_unknown_keys(app.config)
         if not is_enabled(app.config):
             # Off means off: no binding is looked up, no hook runs, current_token stays
             # empty. Host apps' tests that do not care about tokens need no IAS at all.
@@ -182,10 +139,14 @@ class IASPKCE:
         routes = [
             _route(identity, settings, policy, self._clock) for identity in bindings.identities
         ]
-        backend = _host_backend(app, cache) if cache is not None else _own_cache(app, bindings)
+        backend = (
+            cache_backends.host_backend(app, cache)
+            if cache is not None
+            else cache_backends.own_backend(app, settings.cache, bindings)
+        )
         token_cache = TokenCache(
             backend,
-            _sealer(app, backend),
+            cache_backends.sealer(settings.cache.secret, backend),
             l1_size=settings.l1_size,
             clock=self._clock,
             # A miss may take discovery, the issuer's JWKS, the JWKS of the public and of the
@@ -666,37 +627,6 @@ def _home_issuer(identity: IdentityBinding, ports: tuple[int | None, ...]) -> st
         return None
 
 
-def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
-    """Warn about ``IAS_PKCE_*`` keys that nothing reads: a misspelt key would otherwise
-    leave its default in force without a word."""
-    cache_keys = (*_CACHE_DEFAULTS, *REDIS_CACHE_KEYS)
-    known = [*CONFIG_DEFAULTS, *(f"IAS_PKCE_{key}" for key in cache_keys)]
-    # Compared without the common prefix, which would make every key look alike.
-    suffixes = {key.removeprefix("IAS_PKCE_"): key for key in known}
-    for key in sorted(config):
-        if not key.startswith("IAS_PKCE_") or key in known:
-            continue
-        closest = difflib.get_close_matches(key.removeprefix("IAS_PKCE_"), suffixes, n=1)
-        hint = f"did you mean {suffixes[closest[0]]}?" if closest else "no known key is close"
-        warnings.warn(
-            f"flask-ias-pkce reads no config key {key}: {hint} (its value is ignored)",
-            UnknownConfigKeyWarning,
-            stacklevel=_caller_stacklevel(),
-        )
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside this package
-    (``IASPKCE(app)`` or ``init_app``, whichever the host app called)."""
-    package = os.path.dirname(__file__)
-    frame = sys._getframe(1)  # the function that warns
-    level = 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
 def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
@@ -859,114 +789,3 @@ class _CurrentTokenAuth(requests.auth.AuthBase):
             raise RuntimeError("No token in this request: the endpoint is exempt or optional")
         prepared.headers["Authorization"] = f"Bearer {current_token.token}"
         return prepared
-
-
-def _host_backend(app: Flask, cache: Cache) -> BaseCache:
-    """The backend of the host's ``cache`` on this ``app``, if it is one we may use."""
-    # Not ``cache.cache``: outside an app context that is the backend of the last app the
-    # Cache was initialised on, which need not be this one.
-    backend = app.extensions.get("cache", {}).get(cache)
-    if backend is None:
-        raise ConfigError(
-            "init_app(app, cache=...) takes a flask_caching.Cache already initialised on "
-            "this app: call cache.init_app(app) first"
-        )
-    _check_backend(backend, "The Cache passed to init_app(app, cache=...)")
-    return backend  # type: ignore[no-any-return]
-
-
-def _own_cache(app: Flask, bindings: Bindings) -> BaseCache:
-    config = dict(_CACHE_DEFAULTS)
-    for key, value in app.config.items():
-        if key.startswith("IAS_PKCE_CACHE_") and key != "IAS_PKCE_CACHE_SECRET":
-            config[key.removeprefix("IAS_PKCE_")] = value
-    cache_type = config["CACHE_TYPE"]
-    if not isinstance(cache_type, str):
-        raise ConfigError("IAS_PKCE_CACHE_TYPE must be the name or import path of a backend")
-    if cache_type in _REDIS_ALIASES:
-        if importlib.util.find_spec("redis") is None:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_TYPE RedisCache needs the redis package: "
-                "pip install 'flask-ias-pkce[redis]'"
-            )
-        config["CACHE_TYPE"] = _SAFE_REDIS
-        if not config["CACHE_REDIS_URL"] and not config.get("CACHE_REDIS_SENTINELS"):
-            config["CACHE_REDIS_URL"] = bindings.redis_url
-            # The binding says whether its Redis is a cluster, unless the config does.
-            if config.get("CACHE_REDIS_CLUSTER") is None:
-                config["CACHE_REDIS_CLUSTER"] = bindings.redis_cluster
-            if not config["CACHE_REDIS_URL"]:
-                raise ConfigError(
-                    "IAS_PKCE_CACHE_TYPE is RedisCache but there is no "
-                    "IAS_PKCE_CACHE_REDIS_URL, no IAS_PKCE_CACHE_REDIS_SENTINELS and no bound "
-                    "Redis service"
-                )
-    else:
-        # Refused before it is built when the name is a class: no connection, no files.
-        factory = _backend_factory(cache_type)
-        if isinstance(factory, type) and not _trusted(factory):
-            raise ConfigError(_refusal(_class_name(factory), f"IAS_PKCE_CACHE_TYPE {cache_type!r}"))
-    cache = Cache(config=config, with_jinja2_ext=False)
-    cache.init_app(app, config=config)
-    backend: BaseCache = app.extensions["cache"][cache]
-    # The instance decides: a factory function can build anything.
-    _check_backend(backend, f"IAS_PKCE_CACHE_TYPE {cache_type!r}")
-    return backend
-
-
-def _backend_factory(cache_type: str) -> object:
-    """What Flask-Caching will import for ``cache_type`` (same rule as its ``_set_cache``)."""
-    path = cache_type if "." in cache_type else f"flask_caching.backends.{cache_type}"
-    try:
-        return import_string(path)
-    except ImportStringError:
-        raise ConfigError(
-            f"IAS_PKCE_CACHE_TYPE {cache_type!r} names no cache backend that can be imported; "
-            'use "SimpleCache" (the default) or "RedisCache" for flask-ias-pkce\'s safe '
-            "Redis backend"
-        ) from None
-
-
-def _trusted(kind: type) -> bool:
-    if issubclass(kind, _IN_PROCESS_BACKENDS):
-        return True
-    # redis is optional: our Redis backend can only be in use if its module was loaded.
-    module = sys.modules.get("flask_ias_pkce.redis_cache")
-    return module is not None and issubclass(kind, module.SafeRedisCache)
-
-
-def _check_backend(backend: object, source: str) -> None:
-    if not _trusted(type(backend)):
-        raise ConfigError(_refusal(_class_name(type(backend)), source))
-
-
-def _class_name(kind: type) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _refusal(backend: str, source: str) -> str:
-    return (
-        f"{source} selects the cache backend {backend}, which flask-ias-pkce refuses: it "
-        "unpickles what it reads, so whoever can write to its store could run code in this "
-        "app. Only SimpleCache, NullCache and flask-ias-pkce's SafeRedisCache (and their "
-        'subclasses) are accepted: use IAS_PKCE_CACHE_TYPE="RedisCache" for the safe '
-        "Redis backend"
-    )
-
-
-def _sealer(app: Flask, backend: BaseCache) -> Sealer:
-    secret = app.config.get("IAS_PKCE_CACHE_SECRET")
-    in_process = isinstance(backend, SimpleCache | NullCache)
-    if secret is None:
-        if not in_process:
-            raise ConfigError(
-                "IAS_PKCE_CACHE_SECRET must be set (the same in every process) when the "
-                f"token cache is shared ({type(backend).__name__})"
-            )
-        return Sealer.random()
-    if not isinstance(secret, str | bytes):
-        raise ConfigError("IAS_PKCE_CACHE_SECRET must be text or bytes")
-    try:
-        return Sealer(secret)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None

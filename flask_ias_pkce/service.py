@@ -10,7 +10,7 @@ from typing import Any
 
 from .bearer import check_token_shape
 from .bindings import IdentityBinding
-from .cache import Entry, TokenCache
+from .cache import Cached, Denial, Entry, TokenCache
 from .config import Settings
 from .context import TokenContext
 from .errors import IASRefused, InvalidToken
@@ -73,11 +73,9 @@ class Authenticator:
             # Only an entry made for exactly this string can be a hit, so the shape is
             # checked on a miss, before anything else looks at the token.
             check_token_shape(public_token)
-            entry, computed = self.cache.get_or_compute(
-                key, lambda: self._obtain(key, public_token)
-            )
+            entry, computed = self.cache.get_or_compute(key, lambda: self._obtain(public_token))
             from_cache = not computed
-        if entry.denied:
+        if isinstance(entry, Denial):
             raise InvalidToken(
                 "The identity service does not accept this token", reason="ias_invalid_grant"
             )
@@ -126,16 +124,16 @@ class Authenticator:
             )
         return app_tid
 
-    def _obtain(self, key: str, public_token: str) -> Entry:
+    def _obtain(self, public_token: str) -> Cached:
+        """Verify ``public_token`` and pass it through or exchange it: what the cache
+        should remember of it (it stores the result)."""
         settings = self.settings
         unverified = unverified_claims(public_token)
         route = self.route(unverified)
         app_tid = self._tenant(route, unverified)
         public = route.verifier.verify(public_token, audience=route.audiences)
         if settings.passthrough and settings.xsuaa_client_id in audiences(public.claims):
-            entry = Entry(public_token, self._not_after(public.expires_at), passthrough=True)
-            self.cache.put(key, entry)
-            return entry
+            return Entry(public_token, self._not_after(public.expires_at), passthrough=True)
         try:
             exchanged_token = route.exchanger.exchange(
                 public_token, issuer=public.issuer, app_tid=app_tid
@@ -145,10 +143,9 @@ class Authenticator:
             # token is refused here instead of being sent to IAS again.
             # Not capped at the token's expiry: the entry only ever refuses, and an expired
             # token that IAS refused must not be sent to IAS again on every request.
-            self.cache.put(key, Entry("", self._clock() + settings.negative_ttl, denied=True))
             # The refusal itself is logged once, by whoever answers the request.
             logger.debug("IAS refused the assertion; remembered for %d s", settings.negative_ttl)
-            raise
+            return Denial(self._clock() + settings.negative_ttl)
         try:
             exchanged = route.verifier.verify(
                 exchanged_token, audience=self._xsuaa_audience, issuer=public.issuer
@@ -167,9 +164,7 @@ class Authenticator:
             raise IASRefused(
                 "The identity service returned an unusable token", reason="exchanged_tenant"
             )
-        entry = Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
-        self.cache.put(key, entry)
-        return entry
+        return Entry(exchanged_token, self._not_after(public.expires_at, exchanged.expires_at))
 
     def _not_after(self, *expiries: float) -> float:
         """Until when an entry is served: the earliest expiry less

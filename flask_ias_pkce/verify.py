@@ -31,6 +31,8 @@ from . import http
 from .constants import (
     ALGORITHM,
     JWKS_FAILURE_BACKOFF_SECONDS,
+    JWKS_MAX_TTL_SECONDS,
+    JWKS_MIN_TTL_SECONDS,
     JWKS_REFETCH_INTERVAL_SECONDS,
     JWKS_TTL_SECONDS,
 )
@@ -57,6 +59,9 @@ _MAX_TENANT_SETS = 4096
 MIN_RSA_BITS = 2048
 #: A modulus or exponent longer than this is no real key: refused before it is decoded.
 MAX_RSA_BITS = 8192
+
+#: Keys are refreshed in the background once this share of their lifetime has passed.
+_REFRESH_AHEAD = 0.75
 
 
 def _b64decode(segment: str) -> bytes:
@@ -181,36 +186,83 @@ class VerifiedToken:
     expires_at: float
 
 
+class FetchedKeys(dict[str, Key]):
+    """Signing keys by ``kid`` as a source served them, with the ``max-age`` of its
+    ``Cache-Control`` when it sent one."""
+
+    max_age: float | None = None
+
+
+def cache_max_age(headers: Mapping[str, str]) -> float | None:
+    """The ``max-age`` (seconds) of a ``Cache-Control`` header, or ``None``.
+
+    Only ``max-age`` says how long keys stay good. ``no-store`` and ``no-cache`` are not
+    read as "ask on every request": servers send them on every JSON answer (token answers
+    must carry them, RFC 6749 5.1), and keys fetched for every request would put IAS on
+    the hot path."""
+    value = headers.get("Cache-Control", "")
+    for directive in value.lower().split(","):
+        name, _, argument = directive.strip().partition("=")
+        if name == "max-age" and argument.strip().isdigit():
+            return float(argument.strip())
+    return None
+
+
 class KeySet:
     """The signing keys of one source (an issuer's JWKS, XSUAA's token_keys), by ``kid``.
 
-    Keys are kept for :data:`~flask_ias_pkce.constants.JWKS_TTL_SECONDS`; an unknown
-    ``kid`` fetches them again, at most once per
-    :data:`~flask_ias_pkce.constants.JWKS_REFETCH_INTERVAL_SECONDS`, so that a key rotation
-    is picked up at once while a flood of made-up ``kid`` values is not forwarded to the
-    source. When a refresh fails, the keys we had go on serving; while the source has never
-    served keys, a failure is answered again for
-    :data:`~flask_ias_pkce.constants.JWKS_FAILURE_BACKOFF_SECONDS` without a call.
+    Keys are kept for the ``max-age`` the source sends, within
+    :data:`~flask_ias_pkce.constants.JWKS_MIN_TTL_SECONDS` and
+    :data:`~flask_ias_pkce.constants.JWKS_MAX_TTL_SECONDS` (without one,
+    :data:`~flask_ias_pkce.constants.JWKS_TTL_SECONDS`). No request waits for a refresh
+    of keys it has: in the last quarter of that time, and past it for as long again, the
+    first request that looks starts one refresh in a background thread and goes on with
+    the known keys. Only keys never fetched, keys far past their time, and an unknown
+    ``kid`` are fetched while the request waits; an unknown ``kid`` fetches at most once
+    per :data:`~flask_ias_pkce.constants.JWKS_REFETCH_INTERVAL_SECONDS`, so that a key
+    rotation is picked up at once while a flood of made-up ``kid`` values is not forwarded
+    to the source. When a refresh fails, the keys we had go on serving (and the next try
+    is an interval later); while the source has never served keys, a failure is answered
+    again for :data:`~flask_ias_pkce.constants.JWKS_FAILURE_BACKOFF_SECONDS` without a call.
     """
 
-    __slots__ = ("_failure", "_fetched_at", "_keys", "_last_refetch", "_lock", "_name")
+    __slots__ = (
+        "_failure",
+        "_fetched_at",
+        "_keys",
+        "_last_refetch",
+        "_lock",
+        "_name",
+        "_next_background",
+        "_refreshing",
+        "_ttl",
+    )
 
     def __init__(self, name: str) -> None:
         self._name = name  # for logs
         self._keys: dict[str, Key] = {}
         self._fetched_at = float("-inf")
+        self._ttl = float(JWKS_TTL_SECONDS)
         self._last_refetch = float("-inf")
+        self._next_background = float("-inf")
+        self._refreshing = False
         self._failure: tuple[float, IASPKCEError] | None = None
         self._lock = threading.Lock()
 
     def key(self, kid: str, fetch: Callable[[], dict[str, Key]], now: float) -> Key | None:
         """The key ``kid``, fetching the set with ``fetch`` when it is stale or lacks it."""
         key = self._keys.get(kid)
-        if key is not None and now - self._fetched_at < JWKS_TTL_SECONDS:
-            return key
+        if key is not None:
+            age = now - self._fetched_at
+            if age < self._ttl * _REFRESH_AHEAD:
+                return key
+            if age < self._ttl * 2:
+                # Due (or a little overdue): refreshed behind the request's back.
+                self._refresh_in_background(fetch, now)
+                return key
         with self._lock:
             key = self._keys.get(kid)
-            stale = now - self._fetched_at >= JWKS_TTL_SECONDS
+            stale = now - self._fetched_at >= self._ttl * 2
             if key is not None and not stale:
                 return key
             # A stale set is always refreshed; an unknown kid in a fresh set refreshes it at
@@ -221,6 +273,40 @@ class KeySet:
                 self._refresh(fetch, now)
             return self._keys.get(kid)
 
+    def _refresh_in_background(self, fetch: Callable[[], dict[str, Key]], now: float) -> None:
+        with self._lock:
+            if self._refreshing or now < self._next_background:
+                return
+            self._refreshing = True
+        threading.Thread(
+            target=self._background, args=(fetch, now), name="ias-pkce-keys-refresh", daemon=True
+        ).start()
+
+    def _background(self, fetch: Callable[[], dict[str, Key]], now: float) -> None:
+        try:
+            keys = fetch()
+        except Exception:
+            # The known keys go on serving; the next attempt is an interval later.
+            logger.warning("Key refresh of %s failed; keeping the known keys", self._name)
+            with self._lock:
+                self._next_background = now + JWKS_REFETCH_INTERVAL_SECONDS
+                self._refreshing = False
+            return
+        with self._lock:
+            self._store(keys, now)
+            self._refreshing = False
+
+    def _store(self, keys: dict[str, Key], now: float) -> None:
+        max_age = keys.max_age if isinstance(keys, FetchedKeys) else None
+        self._ttl = (
+            float(JWKS_TTL_SECONDS)
+            if max_age is None
+            else min(JWKS_MAX_TTL_SECONDS, max(JWKS_MIN_TTL_SECONDS, max_age))
+        )
+        self._keys = keys
+        self._fetched_at = now
+        self._failure = None
+
     def _refresh(self, fetch: Callable[[], dict[str, Key]], now: float) -> None:
         if not self._keys and self._failure is not None:
             failed_at, error = self._failure
@@ -229,9 +315,7 @@ class KeySet:
                 # that failure instead of calling it again for every request.
                 raise copy.copy(error)
         try:
-            self._keys = fetch()
-            self._fetched_at = now
-            self._failure = None
+            self._store(fetch(), now)
         except Exception as error:
             if not self._keys:
                 if isinstance(error, IASPKCEError):
@@ -239,7 +323,7 @@ class KeySet:
                 raise
             # Serve the known keys and try again after one interval, not on every request
             # while the source is down.
-            self._fetched_at = now - JWKS_TTL_SECONDS + JWKS_REFETCH_INTERVAL_SECONDS
+            self._fetched_at = now - self._ttl * 2 + JWKS_REFETCH_INTERVAL_SECONDS
             logger.warning("Key refresh of %s failed; keeping the known keys", self._name)
 
 
@@ -481,9 +565,10 @@ class JWKSCache:
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             raise IASRefused("The identity service's JWKS is unusable", reason="jwks_bad")
-        keys = rsa_signing_keys(entries, issuer)
+        keys = FetchedKeys(rsa_signing_keys(entries, issuer))
         if not keys:
             raise IASRefused("The identity service's JWKS has no usable key", reason="jwks_empty")
+        keys.max_age = cache_max_age(answer.headers)
         logger.info("Fetched %d signing keys of %s", len(keys), issuer)
         return keys
 

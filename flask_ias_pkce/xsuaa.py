@@ -37,7 +37,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -168,12 +168,13 @@ class XsuaaHop:
         """The cache entry of the XSUAA token for ``context.token`` (its token, and its
         claims and scopes decoded once per entry); raises as :meth:`__call__` does."""
         key = self._cache.key(context.token, purpose=CACHE_PURPOSE)
-        entry = self._cache.get(key)
-        if entry is None:
-            entry, _ = self._cache.get_or_compute(key, lambda: self._obtain(key, context))
-        return entry
+        cached = self._cache.get(key)
+        if cached is None:
+            cached, _ = self._cache.get_or_compute(key, lambda: self._obtain(context))
+        # Only this hop writes under its purpose, and it never stores a denial.
+        return cast(Entry, cached)
 
-    def _obtain(self, key: str, context: TokenContext) -> Entry:
+    def _obtain(self, context: TokenContext) -> Entry:
         zone = context.claims.get("app_tid")
         if not isinstance(zone, str):
             zone = self._app_tid
@@ -216,7 +217,6 @@ class XsuaaHop:
                 reason=refused.reason,
             ) from None
         entry = Entry(token, min(expires_at, context.expires_at) - self._min_remaining)
-        self._cache.put(key, entry)
         logger.info("Token exchanged at XSUAA")
         return entry
 

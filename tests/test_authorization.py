@@ -31,13 +31,22 @@ def challenge(answer: Any) -> dict[str, str]:
     return {name: value.strip('"') for name, value in re.findall(_PARAM, header)}
 
 
-@pytest.fixture
-def ias_emulator() -> Iterator[IASEmulator]:
-    """An emulator whose one user has no groups of its own: IAS's exchange keeps the
-    assertion's claims that the tenant does not set, so each test's token brings its
-    groups (``issue_public_token(groups=...)``) into the exchanged token."""
+@pytest.fixture(scope="module")
+def _groupless_emulator() -> Iterator[IASEmulator]:
     with IASEmulator(users={"tester@example.com": {"user_uuid": "7d0c3b52-0d5c"}}) as emulator:
         yield emulator
+
+
+@pytest.fixture
+def ias_emulator(_groupless_emulator: IASEmulator) -> Iterator[IASEmulator]:
+    """An emulator whose one user has no groups of its own: IAS's exchange keeps the
+    assertion's claims that the tenant does not set, so each test's token brings its
+    groups (``issue_public_token(groups=...)``) into the exchanged token. One for the
+    module (these tests change nothing in it); calls and faults are per test."""
+    _groupless_emulator.reset_calls()
+    _groupless_emulator.clear_faults()
+    yield _groupless_emulator
+    _groupless_emulator.clear_faults()
 
 
 def token_for(ias: IASEmulator, login_hint: str) -> str:

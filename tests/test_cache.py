@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask_caching.backends.simplecache import SimpleCache
 
-from flask_ias_pkce.cache import Entry, TokenCache
+from flask_ias_pkce.cache import Cached, Denial, Entry, TokenCache, from_bytes, to_bytes
 from flask_ias_pkce.errors import InvalidToken
 from flask_ias_pkce.sealing import Sealer
 from flask_ias_pkce.testing import IASEmulator
@@ -143,14 +143,65 @@ def test_concurrent_first_requests_in_one_process_make_one_exchange(
     assert len(ias_emulator.exchanges) == 1
 
 
-@pytest.mark.parametrize("denied", [True, False])
-def test_entries_round_trip_through_bytes(denied: bool) -> None:
-    entry = Entry("" if denied else "a.b.c", 12.5, denied=denied)
-    assert Entry.from_bytes(entry.to_bytes()) == entry
+@pytest.mark.parametrize(
+    "cached", [Entry("a.b.c", 12.5), Entry("a.b.c", 12.5, passthrough=True), Denial(12.5)]
+)
+def test_entries_round_trip_through_bytes(cached: Cached) -> None:
+    assert from_bytes(to_bytes(cached)) == cached
 
 
 @pytest.mark.parametrize(
     "data", [b"", b"{}", b"[]", b'{"v":2,"t":"x","n":1,"d":false,"p":false}', b"\xff"]
 )
 def test_malformed_entry_bytes_are_no_entry(data: bytes) -> None:
-    assert Entry.from_bytes(data) is None
+    assert from_bytes(data) is None
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Seconds since the epoch that move only when the test says so."""
+    return FakeClock(1_000_000.0)
+
+
+#: (what is computed, seconds from now it is served for, seconds later it is asked for,
+#: whether it is still there)
+LIFETIMES: list[tuple[Cached, float, bool]] = [
+    (Entry("exchanged", 1_000_100.0), 99, True),
+    (Entry("exchanged", 1_000_100.0), 100, False),
+    (Entry("public", 1_000_100.0, passthrough=True), 50, True),
+    (Denial(1_000_030.0), 29, True),
+    (Denial(1_000_030.0), 30, False),
+    # Due within a second: never stored (Flask-Caching reads a timeout of 0 as forever).
+    (Entry("exchanged", 1_000_000.5), 0, False),
+    (Denial(999_990.0), 0, False),
+]
+
+
+@pytest.mark.parametrize(("computed", "later", "kept"), LIFETIMES)
+@pytest.mark.parametrize("l1_size", [0, 8], ids=["backend-only", "with-l1"])
+def test_get_or_compute_stores_what_it_computes_until_not_after(
+    clock: FakeClock, computed: Cached, later: float, kept: bool, l1_size: int
+) -> None:
+    cache = make_cache(clock, l1_size=l1_size)
+    calls: list[Cached] = []
+
+    def compute() -> Cached:
+        calls.append(computed)
+        return computed
+
+    assert cache.get_or_compute("k", compute) == (computed, True)
+    clock.advance(later)
+
+    assert cache.get("k") == (computed if kept else None)
+    assert cache.get_or_compute("k", compute) == (computed, not kept)
+    assert len(calls) == (1 if kept else 2)
+
+
+def test_a_denial_is_its_own_kind_and_holds_no_token(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    cache.get_or_compute("k", lambda: Denial(clock.now + 30))
+
+    found = cache.get("k")
+    assert isinstance(found, Denial)
+    assert not isinstance(found, Entry)
+    assert not hasattr(found, "token")

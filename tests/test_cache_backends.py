@@ -22,6 +22,14 @@ from flask_ias_pkce.testing.redis_server import RedisServer
 
 from helpers import bearer, build_app, emulator_config
 
+
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
+
+
 SECRET = "test-cache-secret-that-is-long-enough-0123456789"
 
 
@@ -250,3 +258,137 @@ def test_host_cache_not_initialised_on_this_app_is_a_config_error(
     app.config.update(emulator_config(ias_emulator))
     with pytest.raises(ConfigError, match="already initialised on this app"):
         IASPKCE().init_app(app, cache=Cache())
+
+
+class _ReadKeys(dict[str, Any]):
+    """A config dict that notes every key read from it."""
+
+    read: set[str]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize(
+    "cache_config",
+    [
+        {"IAS_PKCE_CACHE_TYPE": "SimpleCache"},
+        {"IAS_PKCE_CACHE_TYPE": "NullCache"},
+        {"IAS_PKCE_CACHE_TYPE": "RedisCache", "IAS_PKCE_CACHE_REDIS_URL": "redis://127.0.0.1:1"},
+        {
+            "IAS_PKCE_CACHE_TYPE": "RedisCache",
+            "IAS_PKCE_CACHE_REDIS_SENTINELS": ["127.0.0.1:1"],
+            "IAS_PKCE_CACHE_REDIS_SENTINEL_MASTER": "mymaster",
+            "IAS_PKCE_CACHE_REDIS_PASSWORD": "pw",
+        },
+    ],
+    ids=["simple", "null", "redis-url", "redis-sentinels"],
+)
+def test_every_cache_key_our_backends_read_is_pinned(
+    cache_config: dict[str, Any], ias_emulator: IASEmulator
+) -> None:
+    # Flask-Caching builds a backend from a copy of the host's app.config: each CACHE_* key
+    # that it or the backend reads must be one we set, or the host's value would be used.
+    from flask_ias_pkce.constants import CACHE_BACKEND_DEFAULTS
+
+    app = Flask("recording_app")
+    app.config.update(emulator_config(ias_emulator, IAS_PKCE_CACHE_SECRET=SECRET, **cache_config))
+    copies: list[_ReadKeys] = []
+
+    def recording_copy() -> _ReadKeys:
+        copies.append(_ReadKeys(dict(app.config)))
+        return copies[-1]
+
+    app.config.copy = recording_copy  # type: ignore[method-assign]
+    IASPKCE(app)
+
+    assert copies, "the backend was built from a copy of app.config"
+    read = {key for copy in copies for key in copy.read if key.startswith("CACHE_")}
+    assert "CACHE_TYPE" in read
+    assert read <= set(CACHE_BACKEND_DEFAULTS), read - set(CACHE_BACKEND_DEFAULTS)
+
+
+_HOST_CACHE_CONFIG: dict[str, Any] = {
+    "CACHE_TYPE": "FileSystemCache",
+    "CACHE_DIR": "/nonexistent",
+    "CACHE_KEY_PREFIX": "host_",
+    "CACHE_DEFAULT_TIMEOUT": 7,
+    "CACHE_THRESHOLD": 1,
+    "CACHE_OPTIONS": {"db": 7},
+    "CACHE_ARGS": ["host"],
+    "CACHE_SERIALIZER": "pickle",
+    "CACHE_REDIS_URL": "redis://host-redis.invalid:6379/0",
+    "CACHE_REDIS_PASSWORD": "host-password",
+    "CACHE_REDIS_CLUSTER": True,
+    "CACHE_REDIS_SENTINELS": ["host-sentinel.invalid:26379"],
+    "CACHE_REDIS_SENTINEL_MASTER": "host-master",
+    "CACHE_REDIS_SOCKET_TIMEOUT": 30.0,
+    "CACHE_REDIS_HEALTH_CHECK_INTERVAL": 999,
+    "CACHE_REDIS_CA": "/nonexistent/ca.pem",
+}
+
+
+def test_host_cache_settings_never_reach_our_redis_backend(
+    ias_emulator: IASEmulator, redis_server: RedisServer
+) -> None:
+    app = Flask("host_settings_app")
+    app.config.update(_HOST_CACHE_CONFIG)
+    app.config.update(
+        emulator_config(
+            ias_emulator,
+            IAS_PKCE_CACHE_TYPE="RedisCache",
+            IAS_PKCE_CACHE_REDIS_URL=redis_server.url,
+            IAS_PKCE_CACHE_SECRET=SECRET,
+        )
+    )
+    IASPKCE(app)
+
+    backend = app.extensions["ias_pkce"].authenticator.cache.backend
+    assert isinstance(backend, SafeRedisCache)
+    assert backend.key_prefix == ""
+    kwargs = backend.client.get_connection_kwargs()
+    assert kwargs["socket_timeout"] == 0.25
+    assert kwargs["health_check_interval"] == 10
+    assert kwargs.get("password") is None
+    assert kwargs.get("db", 0) == 0
+    assert backend.client.ping()
+
+
+def test_host_cache_settings_never_reach_our_in_process_backend(
+    ias_emulator: IASEmulator,
+) -> None:
+    app = Flask("host_settings_app")
+    app.config.update(_HOST_CACHE_CONFIG)
+    app.config.update(emulator_config(ias_emulator))
+    IASPKCE(app)
+
+    @app.get("/api/me")
+    def me() -> dict[str, Any]:
+        return {"from_cache": current_token.from_cache}
+
+    backend = app.extensions["ias_pkce"].authenticator.cache.backend
+    assert type(backend) is SimpleCache
+    assert backend._threshold == 10_000
+    assert backend.default_timeout == 300
+    client, headers = app.test_client(), bearer(ias_emulator.issue_public_token())
+    assert [client.get("/api/me", headers=headers).json for _ in range(2)] == [
+        {"from_cache": False},
+        {"from_cache": True},
+    ]

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from flask_ias_pkce.constants import JWT_BEARER_GRANT
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import FakeClock, bearer, build_app
+
+
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
 
 
 def test_public_token_reaches_view_with_xsuaa_audience(ias_emulator: IASEmulator) -> None:

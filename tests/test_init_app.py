@@ -22,6 +22,13 @@ from flask_ias_pkce.testing import IASEmulator
 from helpers import bearer, emulator_config
 
 
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
+
+
 def _serve(app: Flask, ias: IASEmulator) -> int:
     app.add_url_rule("/x", "x", lambda: "x")
     return app.test_client().get("/x", headers=bearer(ias.issue_public_token())).status_code

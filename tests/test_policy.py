@@ -16,6 +16,13 @@ from flask_ias_pkce.testing import IASEmulator
 from helpers import bearer, emulator_config
 
 
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
+
+
 def _app(ias: IASEmulator, **config: Any) -> tuple[Flask, IASPKCE]:
     app = Flask("policy_app", static_folder=None)
     app.config.update(emulator_config(ias, **config))

@@ -20,6 +20,14 @@ from flask_ias_pkce.testing.redis_server import RedisSentinelServer
 
 from helpers import bearer, build_app
 
+
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
+
+
 SECRET = "test-cache-secret-that-is-long-enough-0123456789"
 
 

@@ -17,6 +17,14 @@ from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, build_app
 
+
+@pytest.fixture
+def ias_emulator(shared_ias_emulator: IASEmulator) -> IASEmulator:
+    """These tests leave the emulator as it was (faults and calls are per test): one
+    emulator serves the whole session."""
+    return shared_ias_emulator
+
+
 TOKEN_PATH = "/oauth2/token"
 ALL = {
     "token_exchanged": signals.token_exchanged,

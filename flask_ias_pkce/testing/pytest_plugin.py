@@ -26,6 +26,34 @@ def ias_emulator() -> Iterator[IASEmulator]:
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def _ias_emulator_of_the_session() -> Iterator[IASEmulator]:
+    from flask_ias_pkce.testing.emulator import IASEmulator
+
+    with IASEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def shared_ias_emulator(
+    _ias_emulator_of_the_session: IASEmulator,
+) -> Iterator[IASEmulator]:
+    """One running :class:`~flask_ias_pkce.testing.IASEmulator` with default settings for
+    every test of the session that asks for it: no new server, CA and keys per test.
+
+    Each test starts with no recorded calls and no injected faults (and its own faults are
+    removed after it). Rotated signing keys stay rotated: tokens issued afterwards are
+    signed with the current key, so later tests do not notice. A test that changes the
+    client certificate (``rotate_client_certificate``, ``refuse_client_certificate``),
+    needs the first keys, or counts connections takes :func:`ias_emulator`.
+    """
+    emulator = _ias_emulator_of_the_session
+    emulator.reset_calls()
+    emulator.clear_faults()
+    yield emulator
+    emulator.clear_faults()
+
+
 @pytest.fixture
 def public_token(ias_emulator: IASEmulator) -> str:
     """A valid public-client token of ``ias_emulator``, as the PKCE flow would give it."""
