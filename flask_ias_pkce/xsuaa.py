@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import requests
-from jose import jws, jwt
+from jose import jws
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
@@ -53,8 +53,16 @@ from .constants import (
     JWT_BEARER_GRANT,
 )
 from .credentials import ClientIdentity, Credentials, xsuaa_credentials
-from .errors import IASPKCEError, IASRefused
-from .verify import KID_PATTERN, KeySet, audiences, check_times, rsa_signing_keys
+from .errors import IASPKCEError, IASRefused, InvalidToken
+from .verify import (
+    KID_PATTERN,
+    KeySet,
+    audiences,
+    check_times,
+    rsa_signing_keys,
+    unverified_claims,
+    unverified_header,
+)
 
 if TYPE_CHECKING:
     from .context import TokenContext
@@ -225,8 +233,8 @@ class XsuaaHop:
     def _verify(self, token: str) -> float:
         """Check the XSUAA token's signature, issuer, times and audience; return ``exp``."""
         try:
-            header = jws.get_unverified_header(token)
-        except (JOSEError, RecursionError):  # RecursionError: hostile nesting
+            header = unverified_header(token)
+        except InvalidToken:  # hostile nesting and NaN included: our parser's rules
             raise _Refused("xsuaa_malformed_token") from None
         if header.get("alg") != ALGORITHM:
             raise _Refused("xsuaa_alg_not_allowed")
@@ -324,7 +332,7 @@ def _unverified_zone(token: str) -> str | None:
     """The ``zid`` claim of an XSUAA token not yet verified, when it is a plain zone id:
     it only names which zone's keys to fetch, as in SAP's libraries."""
     try:
-        zone = jwt.get_unverified_claims(token).get("zid")
-    except (JOSEError, AttributeError, RecursionError):  # RecursionError: hostile nesting
+        zone = unverified_claims(token).get("zid")
+    except (InvalidToken, IndexError):
         return None
     return zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else None
