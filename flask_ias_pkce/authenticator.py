@@ -189,10 +189,14 @@ def same_user(public: Mapping[str, Any], exchanged: Mapping[str, Any]) -> bool:
 def _same_tenant(
     public: Mapping[str, Any], exchanged: Mapping[str, Any], *, sent: str | None
 ) -> bool:
-    """Whether the exchanged token names no other tenant than the public one: its
-    ``app_tid``, or, when the public token names none, the one the exchange ``sent``."""
+    """Whether the exchanged token is of the public token's tenant.
+
+    A public token that names its tenant (``app_tid``) needs an exchanged token of that
+    same tenant: one that names none cannot show it is. A public token without
+    ``app_tid`` (older IAS tenants) needs only that the exchanged token names no other
+    tenant than the one the exchange ``sent``."""
     tenant = exchanged.get("app_tid")
     expected = public.get("app_tid")
-    if not isinstance(expected, str):
-        expected = sent
-    return tenant is None or expected is None or tenant == expected
+    if isinstance(expected, str):
+        return tenant == expected
+    return tenant is None or sent is None or tenant == sent

@@ -274,16 +274,44 @@ class Answer:
         return loads_json(self.body)
 
 
+#: Deepest nesting of arrays and objects accepted in a token or an answer of IAS. Real
+#: ones nest a few levels; how deep CPython's own parser goes differs by version (3.13
+#: parses what 3.11 and 3.12 refuse with ``RecursionError``), so the limit is ours.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
 def loads_json(data: bytes | str) -> Any:
     """JSON of a token or of an answer of IAS, or ``None`` when it is not plain JSON.
 
-    Refused, without a traceback: nesting that would exhaust the parser's recursion
-    (``RecursionError``), and ``NaN``/``Infinity``, which are no JSON (RFC 8259 section 6).
+    Refused, without a traceback: nesting deeper than :data:`MAX_JSON_DEPTH`, and
+    ``NaN``/``Infinity``, which are no JSON (RFC 8259 section 6).
     """
+    raw = data.encode() if isinstance(data, str) else data
+    if _too_deep(raw):
+        return None
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError, UnicodeDecodeError):
         return None
+
+
+def _too_deep(raw: bytes) -> bool:
+    # Nesting cannot exceed the number of openers: most documents are decided by two
+    # counts, and only the others are scanned, with the strings (which may hold brackets)
+    # taken out first.
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", raw)):
+        if bracket in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _refuse_constant(name: str) -> None:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from jose import jwk, jwt
 
+from flask_ias_pkce import http
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, build_app
@@ -102,6 +103,13 @@ DEEP = 1500  # levels of nesting: beyond Python's recursion limit, within the si
 
 def nested(depth: int = DEEP) -> str:
     return "[" * depth + "]" * depth
+
+
+def shallow_nested_payload(ias: IASEmulator) -> str:
+    # Deeper than our limit, yet shallow enough for every Python's own parser: refused by
+    # our rule, whatever the interpreter (3.13 parses 1,500 levels that 3.11 refuses).
+    payload = json.dumps(claims(ias))[:-1] + f', "x": {nested(40)}}}'
+    return raw_token(json.dumps({"alg": "RS256", "kid": ias.current_kid}), payload)
 
 
 def raw_token(header: str, payload: str) -> str:
@@ -283,6 +291,7 @@ CASES = [
     # --- hostile structure and numbers (red-team review, issue 11) ---
     Case("header nested 1500 levels", token(nested_header), 401, INVALID),
     Case("payload nested 1500 levels", token(nested_payload), 401, INVALID),
+    Case("payload nested 40 levels", token(shallow_nested_payload), 401, INVALID),
     Case("exp a 401-digit integer", token(lambda ias: signed(ias, exp=HUGE)), 401, INVALID),
     Case("nbf a 401-digit integer", token(lambda ias: signed(ias, nbf=HUGE)), 401, INVALID),
     Case("iat a 401-digit integer", token(lambda ias: signed(ias, iat=-HUGE)), 401, INVALID),
@@ -463,3 +472,19 @@ def test_lower_case_scheme_is_accepted(app: Flask, ias_emulator: IASEmulator) ->
         "/api/me", headers={"Authorization": "bearer " + ias_emulator.issue_public_token()}
     )
     assert answer.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        pytest.param('{"a": ' + "[" * 31 + "]" * 31 + "}", True, id="32 levels accepted"),
+        pytest.param('{"a": ' + "[" * 32 + "]" * 32 + "}", False, id="33 levels refused"),
+        pytest.param('{"a": "' + "[" * 500 + '"}', True, id="brackets inside a string"),
+        pytest.param('{"a": "\\"' + "{" * 500 + '"}', True, id="after an escaped quote"),
+        pytest.param('{"a": NaN}', False, id="NaN"),
+    ],
+)
+def test_json_rules_are_ours_whatever_the_interpreter(text: str, parsed: bool) -> None:
+    # The same limit on every Python: CPython's own depth limit differs by version.
+    assert (http.loads_json(text) is not None) is parsed
+    assert (http.loads_json(text.encode()) is not None) is parsed

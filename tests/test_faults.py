@@ -840,6 +840,22 @@ def _exchanged_token_of_another_tenant_is_502(
     assert timed_get(app, client, token).status_code == 200
 
 
+def test_exchanged_token_that_names_no_tenant_is_502(
+    ias_emulator: IASEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The public token names its tenant: an exchanged token without one cannot show that
+    # it is of the same tenant.
+    app = build_app(ias_emulator)
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    claims = exchanged_claims(ias_emulator, token)
+    del claims["app_tid"]
+    ias_emulator.inject(TOKEN_PATH, body={"id_token": ias_emulator.sign(claims)})
+
+    assert_gateway_error(timed_get(app, client, token), 502, "bad_gateway")
+    assert any("reason exchanged_tenant" in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.parametrize(
     "issuer",
     [
