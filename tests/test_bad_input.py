@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from jose import jwk, jwt
 
-from flask_ias_pkce import http
+from flask_ias_pkce import transport
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, build_app
@@ -486,5 +486,5 @@ def test_lower_case_scheme_is_accepted(app: Flask, ias_emulator: IASEmulator) ->
 )
 def test_json_rules_are_ours_whatever_the_interpreter(text: str, parsed: bool) -> None:
     # The same limit on every Python: CPython's own depth limit differs by version.
-    assert (http.loads_json(text) is not None) is parsed
-    assert (http.loads_json(text.encode()) is not None) is parsed
+    assert (transport.loads_json(text) is not None) is parsed
+    assert (transport.loads_json(text.encode()) is not None) is parsed
