@@ -101,6 +101,8 @@ class KeyLimits:
     max_proven_issuers: int = 1024
     #: Tenant and client key sets kept; each is made only for a token whose signature passed.
     max_tenant_sets: int = 4096
+    #: XSUAA key sets kept, one per zone (XSUAA serves each zone's keys apart).
+    max_xsuaa_zones: int = 64
 
 
 #: The limits of production.

@@ -63,8 +63,6 @@ logger = logging.getLogger("flask_ias_pkce")
 CACHE_PURPOSE = "xsuaa"
 
 _ZONE = re.compile(r"[A-Za-z0-9-]{1,64}")
-#: Key sets kept, one per zone (XSUAA serves each zone's keys apart).
-_MAX_ZONES = 64
 
 
 def hop_possible(binding: XsuaaBinding | None) -> bool:
@@ -273,7 +271,7 @@ class XsuaaHop:
         with self._key_sets_lock:
             key_set = self._key_sets.get(zone)
             if key_set is None:
-                if len(self._key_sets) >= _MAX_ZONES:
+                if len(self._key_sets) >= self._key_limits.max_xsuaa_zones:
                     self._key_sets.popitem(last=False)
                 key_set = self._key_sets[zone] = KeySet("XSUAA", self._key_limits)
             self._key_sets.move_to_end(zone)

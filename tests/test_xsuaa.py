@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from jose import jwt
 
-from flask_ias_pkce import IASPKCE, current_token
+from flask_ias_pkce import IASPKCE, KeyLimits, current_token
 from flask_ias_pkce.constants import JWT_BEARER_GRANT
 from flask_ias_pkce.testing import IASEmulator
 
@@ -25,7 +25,10 @@ XSUAA_TOKEN_PATH = "/xsuaa/oauth/token"
 
 
 def xsuaa_app(
-    ias: IASEmulator, monkeypatch: pytest.MonkeyPatch, clock: FakeClock | None = None
+    ias: IASEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock | None = None,
+    key_limits: KeyLimits | None = None,
 ) -> Flask:
     """An app bound as on Cloud Foundry: identity and xsuaa through VCAP_SERVICES."""
     monkeypatch.setenv("VCAP_SERVICES", json.dumps(ias.vcap_services()))
@@ -35,7 +38,10 @@ def xsuaa_app(
         IAS_PKCE_TIMEOUT=(2.0, 2.0),
         IAS_PKCE_RETRIES=0,
     )
-    extension = IASPKCE(**({"clock": clock} if clock else {}))
+    options: dict[str, Any] = {"clock": clock} if clock else {}
+    if key_limits is not None:
+        options["key_limits"] = key_limits
+    extension = IASPKCE(**options)
 
     @app.get("/api/xsuaa")
     def xsuaa() -> dict[str, Any]:
@@ -439,9 +445,8 @@ def test_xsuaa_binding_without_uaadomain_has_its_keys_asked_at_its_url(
 def test_xsuaa_key_sets_are_kept_for_a_bounded_number_of_zones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("flask_ias_pkce.xsuaa._MAX_ZONES", 1)
     with IASEmulator(extra_app_tids=["zone-2"]) as ias:
-        client = xsuaa_app(ias, monkeypatch).test_client()
+        client = xsuaa_app(ias, monkeypatch, key_limits=KeyLimits(max_xsuaa_zones=1)).test_client()
 
         for zone in (ias.app_tid, "zone-2", ias.app_tid):
             token = ias.issue_public_token(app_tid=zone)
