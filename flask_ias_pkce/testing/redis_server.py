@@ -21,10 +21,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 import redis
@@ -376,7 +376,31 @@ class RedisServer:
         self.close()
 
 
-class RedisClusterServer:
+class _Servers:
+    """A context manager over several servers: a start that fails half-way stops the
+    ones it started before the error goes on."""
+
+    start: Callable[[], None]
+    close: Callable[[], None]
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisClusterServer(_Servers):
     """A Redis Cluster on loopback ports, created with ``redis-cli --cluster create``.
 
     ::
@@ -562,24 +586,8 @@ class RedisClusterServer:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisClusterServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisSentinelServer:
+class RedisSentinelServer(_Servers):
     """A master, a replica and Sentinels (``redis-server --sentinel``) that watch them.
 
     ::
@@ -719,19 +727,3 @@ class RedisSentinelServer:
         """Stop everything and remove the working directories."""
         for server in [*self.sentinels, *self.servers]:
             server.close()
-
-    def __enter__(self) -> RedisSentinelServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
