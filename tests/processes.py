@@ -54,3 +54,18 @@ class Gunicorn(GunicornServer):
                     range(2 * count),
                 )
                 seen.update(answers)
+
+
+def two_apps_share_one_exchange(ias: IASEmulator, environment: dict[str, str]) -> None:
+    """Two gunicorn apps with ``environment``, one token: the first exchanges it, the
+    second finds the first one's entry in the shared cache."""
+    token = ias.issue_public_token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    with Gunicorn(environment) as first, Gunicorn(environment) as second:
+        one = requests.get(first.url + "/api/me", headers=bearer, timeout=10)
+        other = requests.get(second.url + "/api/me", headers=bearer, timeout=10)
+
+    assert one.status_code == other.status_code == 200
+    assert one.json()["pid"] != other.json()["pid"]
+    assert (one.json()["from_cache"], other.json()["from_cache"]) == (False, True)
+    assert len(ias.exchanges) == 1

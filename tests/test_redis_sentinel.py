@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
-from processes import Gunicorn, app_environment
+from processes import app_environment, two_apps_share_one_exchange
 
 from flask_ias_pkce import ConfigError
 from flask_ias_pkce.redis_cache import SafeRedisCache
@@ -59,15 +58,9 @@ def backend(app: Flask) -> SafeRedisCache:
 def test_two_gunicorn_apps_share_one_exchange_through_sentinel(
     ias_emulator: IASEmulator, sentinels: RedisSentinelServer
 ) -> None:
-    environment = app_environment(ias_emulator, **sentinel_config(sentinels))
-    token = ias_emulator.issue_public_token()
-    with Gunicorn(environment) as first, Gunicorn(environment) as second:
-        one = requests.get(first.url + "/api/me", headers=bearer(token), timeout=10)
-        other = requests.get(second.url + "/api/me", headers=bearer(token), timeout=10)
-
-    assert one.status_code == other.status_code == 200
-    assert (one.json()["from_cache"], other.json()["from_cache"]) == (False, True)
-    assert len(ias_emulator.exchanges) == 1
+    two_apps_share_one_exchange(
+        ias_emulator, app_environment(ias_emulator, **sentinel_config(sentinels))
+    )
 
 
 def test_entries_are_written_to_the_master_the_sentinels_name(

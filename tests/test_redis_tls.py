@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from processes import Gunicorn, app_environment
+from processes import app_environment, two_apps_share_one_exchange
 
 from flask_ias_pkce import ConfigError
 from flask_ias_pkce.redis_cache import SafeRedisCache
@@ -59,16 +58,9 @@ def backend(app: Any) -> SafeRedisCache:
 def test_two_workers_share_one_exchange_over_tls(
     ias_emulator: IASEmulator, tls_redis: RedisServer
 ) -> None:
-    environment = app_environment(ias_emulator, **tls_config(tls_redis))
-    token = ias_emulator.issue_public_token()
-    with Gunicorn(environment) as first, Gunicorn(environment) as second:
-        one = requests.get(first.url + "/api/me", headers=bearer(token), timeout=10)
-        other = requests.get(second.url + "/api/me", headers=bearer(token), timeout=10)
-
-    assert one.status_code == other.status_code == 200
-    assert one.json()["pid"] != other.json()["pid"]
-    assert (one.json()["from_cache"], other.json()["from_cache"]) == (False, True)
-    assert len(ias_emulator.exchanges) == 1
+    two_apps_share_one_exchange(
+        ias_emulator, app_environment(ias_emulator, **tls_config(tls_redis))
+    )
 
 
 def test_entries_really_go_through_the_tls_server(
