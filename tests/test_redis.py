@@ -84,11 +84,19 @@ def _sealed() -> bytes:
     return Sealer(SECRET).seal(b"exchanged token", associated=b"key-1")
 
 
+def _flipped(index: int) -> bytes:
+    # One sealed value with one bit flipped. Each seal has a fresh nonce, so splicing two
+    # of them tested something else, and with odds of 1 in 256 gave back a valid value.
+    sealed = bytearray(_sealed())
+    sealed[index] ^= 1
+    return bytes(sealed)
+
+
 @pytest.mark.parametrize(
     ("sealed", "associated", "secret"),
     [
-        pytest.param(_sealed()[:-1] + bytes([_sealed()[-1] ^ 1]), b"key-1", SECRET, id="tag"),
-        pytest.param(_sealed()[:20] + b"\x00" + _sealed()[21:], b"key-1", SECRET, id="body"),
+        pytest.param(_flipped(-1), b"key-1", SECRET, id="tag"),
+        pytest.param(_flipped(20), b"key-1", SECRET, id="body"),
         pytest.param(b"\x02" + _sealed()[1:], b"key-1", SECRET, id="version"),
         pytest.param(_sealed(), b"key-1", OTHER_SECRET, id="other-secret"),
         pytest.param(_sealed(), b"key-2", SECRET, id="other-associated"),
