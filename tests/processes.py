@@ -3,6 +3,7 @@ through the environment as a deployed app is."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,4 +69,31 @@ def two_apps_share_one_exchange(ias: IASEmulator, environment: dict[str, str]) -
     assert one.status_code == other.status_code == 200
     assert one.json()["pid"] != other.json()["pid"]
     assert (one.json()["from_cache"], other.json()["from_cache"]) == (False, True)
+    assert len(ias.exchanges) == 1
+
+
+def burst_makes_one_exchange(ias: IASEmulator, environment: dict[str, str]) -> None:
+    """100 first requests with one token at once over 4 gunicorn workers: all 200, served
+    by several workers, and one exchange at IAS."""
+    token = ias.issue_public_token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    # Slow IAS down a little so that the burst really overlaps the exchange.
+    ias.inject("/oauth2/token", delay=0.3)
+    start = threading.Barrier(100)
+
+    # Sync workers take one request at a time, so while one worker exchanges, the burst
+    # must reach the others (a threaded worker could queue the whole burst itself).
+    with Gunicorn(environment, workers=4) as app:
+        app.wait_for_workers(4)
+
+        def call(_: int) -> tuple[int, int]:
+            start.wait()
+            answer = requests.get(app.url + "/api/me", headers=bearer, timeout=30)
+            return answer.status_code, answer.json().get("pid", 0)
+
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            results = list(pool.map(call, range(100)))
+
+    assert [status for status, _ in results] == [200] * 100
+    assert len({pid for _, pid in results}) > 1, "the burst should reach several workers"
     assert len(ias.exchanges) == 1

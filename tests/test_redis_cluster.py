@@ -8,15 +8,17 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from processes import Gunicorn, app_environment, two_apps_share_one_exchange
+from processes import (
+    app_environment,
+    burst_makes_one_exchange,
+    two_apps_share_one_exchange,
+)
 
 from flask_ias_pkce import IASPKCE
 from flask_ias_pkce.redis_cache import SafeRedisCache
@@ -112,24 +114,7 @@ def test_burst_over_four_workers_on_the_cluster_makes_one_exchange(
     ias_emulator: IASEmulator, empty_cluster: RedisClusterServer
 ) -> None:
     environment = app_environment(ias_emulator, **cluster_config(empty_cluster))
-    token = ias_emulator.issue_public_token()
-    ias_emulator.inject("/oauth2/token", delay=0.3)
-    start = threading.Barrier(100)
-
-    with Gunicorn(environment, workers=4) as app:
-        app.wait_for_workers(4)
-
-        def call(_: int) -> tuple[int, int]:
-            start.wait()
-            answer = requests.get(app.url + "/api/me", headers=bearer(token), timeout=30)
-            return answer.status_code, answer.json().get("pid", 0)
-
-        with ThreadPoolExecutor(max_workers=100) as pool:
-            results = list(pool.map(call, range(100)))
-
-    assert [status for status, _ in results] == [200] * 100
-    assert len({pid for _, pid in results}) > 1, "the burst should reach several workers"
-    assert len(ias_emulator.exchanges) == 1
+    burst_makes_one_exchange(ias_emulator, environment)
 
 
 def test_entry_lock_and_wait_live_in_one_slot(empty_cluster: RedisClusterServer) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import pickle
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask
-from processes import Gunicorn, app_environment
+from processes import Gunicorn, app_environment, burst_makes_one_exchange
 
 from flask_ias_pkce import ConfigError
 from flask_ias_pkce.cache import Entry, from_bytes, to_bytes
@@ -55,27 +53,7 @@ def test_burst_over_four_workers_makes_one_exchange(
     ias_emulator: IASEmulator, redis_server: RedisServer
 ) -> None:
     environment = app_environment(ias_emulator, **redis_config(redis_server))
-    token = ias_emulator.issue_public_token()
-    # Slow IAS down a little so that the burst really overlaps the exchange.
-    ias_emulator.inject("/oauth2/token", delay=0.3)
-    start = threading.Barrier(100)
-
-    # Sync workers take one request at a time, so while one worker exchanges, the burst
-    # must reach the others (a threaded worker could queue the whole burst itself).
-    with Gunicorn(environment, workers=4) as app:
-        app.wait_for_workers(4)
-
-        def call(_: int) -> tuple[int, int]:
-            start.wait()
-            answer = requests.get(app.url + "/api/me", headers=bearer(token), timeout=30)
-            return answer.status_code, answer.json().get("pid", 0)
-
-        with ThreadPoolExecutor(max_workers=100) as pool:
-            results = list(pool.map(call, range(100)))
-
-    assert [status for status, _ in results] == [200] * 100
-    assert len({pid for _, pid in results}) > 1, "the burst should reach several workers"
-    assert len(ias_emulator.exchanges) == 1
+    burst_makes_one_exchange(ias_emulator, environment)
 
 
 def test_refused_token_is_refused_again_by_another_process_without_exchange(
