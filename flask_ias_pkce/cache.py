@@ -173,14 +173,35 @@ class TokenCache:
         self._wait_timeout = wait_timeout
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._exchange_key = sealer.cache_keyer(self._scoped("exchange"))
 
     def key(self, token: str, *, purpose: str = "exchange") -> str:
         """The cache key of ``token`` for ``purpose``, within this cache's scope."""
+        if purpose == "exchange":
+            return self._exchange_key(token)
+        return self.sealer.cache_key(token, purpose=self._scoped(purpose))
+
+    def _scoped(self, purpose: str) -> str:
         scoped = self._purposes.get(purpose)
         if scoped is None:
             scoped = f"{purpose}-{self._scope}" if self._scope else purpose
             self._purposes[purpose] = scoped
-        return self.sealer.cache_key(token, purpose=scoped)
+        return scoped
+
+    @property
+    def has_in_process_tier(self) -> bool:
+        """Whether entries are kept in process (``IAS_PKCE_L1_SIZE`` above 0)."""
+        return self._l1_size > 0
+
+    def in_process(self, token: str) -> Entry | None:
+        """The exchange entry of ``token`` when the in-process tier holds a valid one, else
+        ``None`` (a denial included): the request hook's fast path, one keyed hash and one
+        dictionary lookup. On ``None`` the caller takes the full path (:meth:`get`, then
+        :meth:`get_or_compute`), which also asks the shared backend."""
+        entry = self._l1.get(self._exchange_key(token))
+        if isinstance(entry, Entry) and entry.not_after > self._clock():
+            return entry
+        return None
 
     def get(self, key: str) -> Cached | None:
         """The entry for ``key`` if one is still valid now: in process first, then shared."""

@@ -54,6 +54,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 SKIP: Final = "skip"
 REQUIRED: Final = "required"
 OPTIONAL: Final = "optional"
+#: The ``Authorization`` header's scheme as clients send it (the scheme is
+#: case-insensitive; other spellings take the full path).
+_BEARER: Final = "Bearer "
 
 
 @dataclass(eq=False)  # compared and hashed by identity: one per app
@@ -72,6 +75,16 @@ class AppState:
     #: Per endpoint, the authorization rules resolved at its first request (with scope
     #: names qualified by the xsappname); emptied whenever a rule is added.
     rules: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
+    #: Per endpoint that takes a token (required or optional), its rules: what the hook's
+    #: fast path looks up, once per request. Filled by the full path, emptied with the
+    #: two above.
+    protected: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
+
+    def forget_endpoints(self) -> None:
+        """Forget what was resolved per endpoint: a mark or rule added later takes effect."""
+        self.rules.clear()
+        self.modes.clear()
+        self.protected.clear()
 
 
 class IASPKCE:
@@ -329,8 +342,7 @@ class IASPKCE:
         # still take effect, so every app forgets what it resolved (and the modes, since
         # a rule makes its view need a token).
         for state in self._states:
-            state.rules.clear()
-            state.modes.clear()
+            state.forget_endpoints()
 
     def required(self, view: F) -> F:
         """Decorator: this view needs a valid token, whatever the blueprint or mode says."""
@@ -356,7 +368,7 @@ class IASPKCE:
             raise TypeError("expected a view function or a Blueprint")
         # A mark made after an endpoint's first request takes effect at its next one.
         for state in list(self._states):
-            state.modes.clear()
+            state.forget_endpoints()
 
     def _mode(self, state: AppState, current: Request) -> str:
         endpoint = current.endpoint
@@ -406,9 +418,47 @@ class IASPKCE:
         """The ``before_request`` function of one app, bound to its state: no lookup of
         the app on the hot path. A plain function rather than a ``functools.partial``:
         Flask asks :mod:`inspect` on every request whether each hook is a coroutine
-        function, and a partial of a method takes inspect's slow path (about 1 µs)."""
+        function, and a partial of a method takes inspect's slow path (about 1 µs).
+
+        It serves the common request, a well-formed ``Bearer`` header whose token the
+        in-process tier holds, to an endpoint already seen, in a few steps; anything else
+        takes the full path (:meth:`_authenticate_request`). Both give the same answer: a
+        hit is only possible for a string that passed every check of the full path, and
+        every condition the full path treats apart (``OPTIONS``, a token in the query, a
+        listener of ``cache_hit``, an endpoint not resolved yet) leaves the fast path.
+        """
+        cache = state.authenticator.cache
+        fast, in_process = cache.has_in_process_tier, cache.in_process
+        longest = state.settings.max_token_bytes + len(_BEARER)
+        protected, xsuaa = state.protected, state.xsuaa
+        current_request = request._get_current_object  # type: ignore[attr-defined]
+        cache_hit = signals.cache_hit
 
         def authenticate_request() -> None:
+            current = current_request()
+            authorization = current.environ.get("HTTP_AUTHORIZATION")
+            if (
+                fast
+                and authorization is not None
+                and authorization.startswith(_BEARER)
+                and len(authorization) <= longest
+                and not cache_hit.receivers
+                and current.method != "OPTIONS"
+                and not _may_hold_token(current.query_string)
+            ):
+                rule = current.url_rule  # None: not routed (404, 405, redirect)
+                rules = protected.get(rule.endpoint) if rule is not None else None
+                if rules is not None:
+                    token = authorization[len(_BEARER) :]
+                    entry = in_process(token)
+                    if entry is not None:
+                        context = TokenContext(
+                            entry, public_token=token, from_cache=True, xsuaa=xsuaa
+                        )
+                        setattr(resolve_g(), G_ATTRIBUTE, context)
+                        if rules:
+                            self._check_rules(state, rules, context, time.perf_counter())
+                        return
             self._authenticate_request(state)
 
         return authenticate_request
@@ -422,9 +472,11 @@ class IASPKCE:
         mode = self._mode(state, current)
         if mode == SKIP:
             return
-        rules = state.rules.get(current.endpoint)
+        endpoint = current.endpoint
+        rules = state.rules.get(endpoint)
         if rules is None:
-            rules = state.rules[current.endpoint] = self._resolve_rules(state, current)
+            rules = state.rules[endpoint] = self._resolve_rules(state, current)
+        state.protected[endpoint] = rules
         # What ``headers.get("Authorization")`` returns, without its key normalisation.
         authorization = current.environ.get("HTTP_AUTHORIZATION")
         token_in_query = _token_in_query(current)
@@ -458,14 +510,23 @@ class IASPKCE:
             )
         # Authentication first (a bad token is a 401 whatever the rules), then the rules.
         if rules:
-            try:
-                _authorize(rules, context)
-            except IASPKCEError as error:
-                # The view does not run: nothing of the token stays in g.
-                delattr(resolve_g(), G_ATTRIBUTE)
-                error.realm = settings.realm
-                _report_refusal(error, time.perf_counter() - started)
-                raise
+            self._check_rules(state, rules, context, started)
+
+    def _check_rules(
+        self,
+        state: AppState,
+        rules: tuple[Requirement, ...],
+        context: TokenContext,
+        started: float,
+    ) -> None:
+        try:
+            _authorize(rules, context)
+        except IASPKCEError as error:
+            # The view does not run: nothing of the token stays in g.
+            delattr(resolve_g(), G_ATTRIBUTE)
+            error.realm = state.settings.realm
+            _report_refusal(error, time.perf_counter() - started)
+            raise
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -537,11 +598,14 @@ def _certificate_bound(token: Any) -> bool:
 
 def _token_in_query(current: Request) -> bool:
     """Whether the query has a parameter named exactly ``access_token`` (RFC 6750 2.3)."""
-    query = current.query_string
-    # Parsed only when it may hold one (the name itself, or a percent-encoded name).
-    if b"access_token" not in query and b"%" not in query:
-        return False
-    return "access_token" in current.args
+    # Parsed only when it may hold one.
+    return _may_hold_token(current.query_string) and "access_token" in current.args
+
+
+def _may_hold_token(query: bytes) -> bool:
+    """Whether a query string may name ``access_token``: the name itself, or a
+    percent-encoded name."""
+    return b"access_token" in query or b"%" in query
 
 
 def _app() -> Flask:

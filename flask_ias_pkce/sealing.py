@@ -71,7 +71,7 @@ class Sealer:
     The secret itself is not kept: only the two derived keys are.
     """
 
-    __slots__ = ("_aead", "_name_key", "_names", "_nonce_source")
+    __slots__ = ("_aead", "_keyers", "_name_key", "_nonce_source")
 
     def __init__(
         self, secret: str | bytes, *, nonce_source: Callable[[int], bytes] = os.urandom
@@ -86,9 +86,8 @@ class Sealer:
             )
         self._aead = AESGCM(_derive(secret_bytes, _VALUE_KEY_INFO))
         self._name_key = _derive(secret_bytes, _NAME_KEY_INFO)
-        # Per purpose, the key's text up to the digest and a BLAKE2b already keyed and fed
-        # with the purpose: the hot path then costs a copy, one update and a digest.
-        self._names: dict[str, tuple[str, hashlib.blake2b]] = {}
+        # Per purpose, the function that names an entry (see cache_keyer).
+        self._keyers: dict[str, Callable[[str], str]] = {}
         self._nonce_source = nonce_source
 
     @classmethod
@@ -109,27 +108,40 @@ class Sealer:
         :param purpose: what the entry holds, e.g. ``"exchange"`` or ``"negative"``:
             lowercase letters, digits, ``_`` and ``-``.
         """
-        named = self._names.get(purpose)
-        if named is None:
-            named = self._name_for(purpose)
-        prefix, base = named
-        mac = base.copy()
-        mac.update(token.encode("utf-8", "surrogatepass"))
-        return prefix + mac.hexdigest()
+        keyer = self._keyers.get(purpose)
+        if keyer is None:
+            keyer = self.cache_keyer(purpose)
+        return keyer(token)
 
-    def _name_for(self, purpose: str) -> tuple[str, hashlib.blake2b]:
+    def cache_keyer(self, purpose: str) -> Callable[[str], str]:
+        """:meth:`cache_key` for one ``purpose``, as a function of the token alone: what
+        the request hook calls on every request, without looking the purpose up.
+
+        :raises ValueError: ``purpose`` is not lowercase letters, digits, ``_`` and ``-``.
+        """
+        known = self._keyers.get(purpose)
+        if known is not None:
+            return known
         if not _PURPOSE_PATTERN.fullmatch(purpose):
             raise ValueError(
                 f"cache key purpose must match {_PURPOSE_PATTERN.pattern}, got {purpose!r}"
             )
+        prefix = f"{KEY_PREFIX}{KEY_VERSION}:{purpose}:"
         base = hashlib.blake2b(key=self._name_key, digest_size=_NAME_DIGEST_BYTES)
         # The NUL byte separates purpose and token, so no (purpose, token) pair can
         # collide with another.
         base.update(purpose.encode("ascii") + b"\x00")
-        named = (f"{KEY_PREFIX}{KEY_VERSION}:{purpose}:", base)
-        # Two threads may build the same entry at once; both results are identical.
-        self._names[purpose] = named
-        return named
+
+        def cache_key(token: str) -> str:
+            # A copy of the keyed state already fed with the purpose: a copy, one update
+            # and a digest per key.
+            mac = base.copy()
+            mac.update(token.encode("utf-8", "surrogatepass"))
+            return prefix + mac.hexdigest()
+
+        # Two threads may build a keyer for the same purpose at once; both are identical.
+        self._keyers[purpose] = cache_key
+        return cache_key
 
     def seal(self, plaintext: bytes, *, associated: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext``.

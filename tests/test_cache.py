@@ -55,6 +55,31 @@ def test_backend_entry_is_found_when_the_in_process_tier_forgot_it() -> None:
     assert cache.get("k") == Entry("exchanged", clock.now + 100)
 
 
+def test_the_fast_lookup_serves_only_a_valid_exchange_entry_held_in_process() -> None:
+    clock = FakeClock(1_000_000.0)
+    cache = make_cache(clock)
+    cache.put(cache.key("valid"), Entry("exchanged", clock.now + 100))
+    cache.put(cache.key("refused"), Denial(clock.now + 100))
+    assert cache.has_in_process_tier
+    assert cache.in_process("valid") == Entry("exchanged", clock.now + 100)
+    assert cache.in_process("refused") is None  # a denial is the full path's to answer
+    assert cache.in_process("unknown") is None
+    # Another purpose's entry for the same token is not its exchange entry.
+    cache.put(cache.key("other", purpose="xsuaa"), Entry("xsuaa token", clock.now + 100))
+    assert cache.in_process("other") is None
+    clock.advance(100)
+    assert cache.in_process("valid") is None
+
+
+def test_the_fast_lookup_never_asks_the_backend() -> None:
+    clock = FakeClock(1_000_000.0)
+    cache = make_cache(clock, l1_size=0)
+    cache.put(cache.key("valid"), Entry("exchanged", clock.now + 100))
+    assert not cache.has_in_process_tier
+    assert cache.in_process("valid") is None
+    assert cache.get(cache.key("valid")) == Entry("exchanged", clock.now + 100)
+
+
 def test_in_process_tier_is_bounded() -> None:
     clock = FakeClock(1_000_000.0)
     cache = make_cache(clock, l1_size=3)

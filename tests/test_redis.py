@@ -160,6 +160,19 @@ def test_cache_key_derivation_is_the_versioned_cache_format() -> None:
 def test_cache_key_refuses_a_purpose_that_could_break_the_key_format() -> None:
     with pytest.raises(ValueError, match="purpose"):
         Sealer(SECRET).cache_key(TOKEN, purpose="a:b")
+    with pytest.raises(ValueError, match="purpose"):
+        Sealer(SECRET).cache_keyer("A")
+
+
+def test_a_keyer_names_entries_as_cache_key_does() -> None:
+    sealer = Sealer(SECRET)
+    keyer = sealer.cache_keyer("exchange-scope")
+    # The keyer serves many tokens: each key depends on its token alone.
+    assert [keyer(token) for token in (TOKEN, TOKEN + "x", TOKEN)] == [
+        sealer.cache_key(token, purpose="exchange-scope") for token in (TOKEN, TOKEN + "x", TOKEN)
+    ]
+    assert keyer(TOKEN) == Sealer(SECRET).cache_keyer("exchange-scope")(TOKEN)
+    assert keyer(TOKEN) != sealer.cache_keyer("exchange")(TOKEN)
 
 
 def test_random_sealers_do_not_share_entries() -> None:
