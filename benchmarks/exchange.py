@@ -110,8 +110,13 @@ def figures(quick: bool = False) -> Sequence[Figure]:
             )
         )
     faster = results[NEW_CONNECTION][0] / results[KEEP_ALIVE][0]
+    # No target on loopback: the emulator signs in the same process, so its CPU time is
+    # in both figures and the ratio says more about the machine than about connections.
+    # The target is where the network is real: section 6, IAS 20 ms away.
     lines.append(
-        Figure(SECTION, "new connection / keep-alive latency", ratio(faster), ">= 3x", faster >= 3)
+        Figure(
+            SECTION, "new connection / keep-alive latency (loopback; see section 6)", ratio(faster)
+        )
     )
     return lines
 

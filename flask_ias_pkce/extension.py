@@ -452,9 +452,7 @@ class IASPKCE:
                     token = authorization[len(_BEARER) :]
                     entry = in_process(token)
                     if entry is not None:
-                        context = TokenContext(
-                            entry, public_token=token, from_cache=True, xsuaa=xsuaa
-                        )
+                        context = TokenContext(entry, token, True, xsuaa)
                         setattr(resolve_g(), G_ATTRIBUTE, context)
                         if rules:
                             self._check_rules(state, rules, context, time.perf_counter())
