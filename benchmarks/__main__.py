@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import burst, exchange, growth, hot_path, network, over_http, redis_topologies
+from . import burst, exchange, forged, growth, hot_path, network, over_http, redis_topologies
 from ._common import Figure, MissingProgramError, quick_parser, report
 
 SECTIONS: dict[str, Callable[[bool], Sequence[Figure]]] = {
@@ -22,6 +22,7 @@ SECTIONS: dict[str, Callable[[bool], Sequence[Figure]]] = {
     "burst": burst.figures,
     "growth": growth.figures,
     "redis_topologies": redis_topologies.figures,
+    "forged": forged.figures,
 }
 
 

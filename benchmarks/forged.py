@@ -33,7 +33,7 @@ from flask_ias_pkce.testing import IASEmulator
 from ._common import Figure, ratio, run_alone
 from .hot_path import protected_app
 
-SECTION = "forged tokens"
+SECTION = "8 forged tokens"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ SECTIONS = (
     "5 growth (cached tokens)",
     "6 network (IAS 20 ms away)",
     "7 shared cache: hit cost per Redis topology",
+    "8 forged tokens",
 )
 
 
@@ -47,6 +48,7 @@ def test_quick_run_reports_every_section() -> None:
         "NO single flight",
         "bytes per cached token",
         "TLS / plain; cluster / plain",
+        "calls to IAS caused by",
     ):
         assert figure in finished.stdout, f"{figure!r} missing from:\n{output}"
 
