@@ -109,13 +109,17 @@ def _development_without_binding(config: Mapping[str, Any], environ: Mapping[str
 
 def _start_development_services(app: Flask) -> None:
     from flask_ias_pkce.testing import IASEmulator
+    from flask_ias_pkce.testing.emulator import DEFAULT_REDIRECT_URIS
 
     from . import downstream
     from .demo import demo_environment
 
-    # The browser page at /app/ calls IAS from Flask's development origins.
+    # The browser page at /app/ calls IAS from Flask's development origins, and signs in
+    # with itself as the redirect URI.
+    origins = ("http://127.0.0.1:5000", "http://localhost:5000")
     emulator = IASEmulator(
-        allowed_origins=("http://127.0.0.1:5000", "http://localhost:5000")
+        allowed_origins=origins,
+        redirect_uris=(*DEFAULT_REDIRECT_URIS, *(f"{origin}/app/" for origin in origins)),
     ).start()
     atexit.register(emulator.stop)
     server = downstream.serve(downstream.for_emulator(emulator))

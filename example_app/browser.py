@@ -109,6 +109,8 @@ def browser_demo() -> Iterator[BrowserDemo]:
                 port = urlsplit(api_url).port
                 for origin in (api_url, f"http://localhost:{port}"):
                     emulator.allow_origin(origin)
+                    # The page signs in with itself as the redirect URI.
+                    emulator.allow_redirect_uri(f"{origin}/app/")
                 yield BrowserDemo(f"{api_url}/app/", emulator)
         finally:
             server.shutdown()

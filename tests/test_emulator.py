@@ -14,7 +14,7 @@ import pytest
 import requests
 from jose import jwt
 
-from flask_ias_pkce.testing import Call, IASEmulator
+from flask_ias_pkce.testing import Call, IASEmulator, resolve_tenant_hosts
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REDIRECT_URI = "http://localhost/callback"
@@ -197,6 +197,7 @@ def test_code_redeemed_only_with_the_matching_verifier(
 
 
 def test_authorize_redirects_code_and_state(ias: IASEmulator) -> None:
+    ias.allow_redirect_uri(REDIRECT_URI + "?app=1")
     params = redirect_params(authorize(ias, redirect_uri=REDIRECT_URI + "?app=1"))
     assert params["state"] == "xyz"
     assert params["app"] == "1"
@@ -248,8 +249,69 @@ def test_code_expires_after_60_seconds(ias: IASEmulator, clock: Clock) -> None:
 
 
 def test_redirect_uri_must_match(ias: IASEmulator) -> None:
+    ias.allow_redirect_uri("http://localhost/other")
     code = redirect_params(authorize(ias, redirect_uri="http://localhost/other"))["code"]
     assert redeem(ias, code).json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "http://localhost/callback/",  # one character more
+        "http://localhost/callback?next=/admin",  # a query the registration does not have
+        "http://localhost:8080/callback",  # another port
+        "https://localhost/callback",  # another scheme
+        "https://attacker.example/callback",
+    ],
+)
+def test_authorize_refuses_an_unregistered_redirect_uri_without_redirecting(
+    ias: IASEmulator, redirect_uri: str
+) -> None:
+    answer = authorize(ias, redirect_uri=redirect_uri)
+    assert answer.status_code == 400
+    assert "Location" not in answer.headers  # RFC 6749 4.1.2.1: never to that URI
+    assert answer.json() == {
+        "error": "invalid_request",
+        "error_description": "redirect_uri is not registered for this client",
+    }
+    assert ias.redirect_uris == {REDIRECT_URI}
+
+
+def test_pkce_login_needs_a_registered_redirect_uri(ias: IASEmulator) -> None:
+    with pytest.raises(RuntimeError, match="authorize failed: 400"):
+        ias.pkce_login(redirect_uri="com.example.mobile://oauth2redirect")
+    ias.allow_redirect_uri("com.example.mobile://oauth2redirect")
+    tokens = ias.pkce_login(redirect_uri="com.example.mobile://oauth2redirect")
+    assert decode(ias, tokens["id_token"], ias.public_client_id)["aud"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "registered"),
+    [
+        ("http://localhost:5000/app/", True),
+        ("http://localhost:61234/app/", True),
+        ("http://localhost:1@attacker.example/app/", False),
+        ("http://localhost:5000/app/../admin/", False),
+        ("http://localhost:5000/other/", False),
+        ("http://localhost:5000/app/?x=1", False),
+    ],
+)
+def test_a_wildcard_stays_within_one_part_of_the_uri(
+    ias: IASEmulator, uri: str, registered: bool
+) -> None:
+    ias.allow_redirect_uri("http://localhost:*/app/")
+    answer = authorize(ias, redirect_uri=uri)
+    assert answer.status_code == (302 if registered else 400)
+
+
+@pytest.mark.parametrize("uri", ["/relative/callback", "http://localhost/callback#top"])
+def test_only_absolute_redirect_uris_without_fragment_can_be_registered(
+    ias: IASEmulator, uri: str
+) -> None:
+    with pytest.raises(ValueError, match="absolute and has no fragment"):
+        ias.allow_redirect_uri(uri)
+    with pytest.raises(ValueError, match="absolute and has no fragment"):
+        IASEmulator(redirect_uris=[uri])
 
 
 # -- the app's jwt-bearer exchange -------------------------------------------------------------
@@ -999,3 +1061,30 @@ def test_the_emulator_listens_on_a_given_port() -> None:
         assert second.url == f"https://localhost:{port}"
     with pytest.raises(ValueError, match="port"):
         IASEmulator(port=70000)
+
+
+def test_subscriber_tenants_share_the_applications_redirect_uris() -> None:
+    with IASEmulator(subscribers=["customer"]) as emulator, resolve_tenant_hosts():
+        emulator.allow_redirect_uri("http://localhost:*/app/")
+        base = emulator.tenant_url("customer")
+
+        def status(redirect_uri: str) -> int:
+            params = {
+                "response_type": "code",
+                "client_id": emulator.public_client_id,
+                "redirect_uri": redirect_uri,
+                "code_challenge": RFC_CHALLENGE,
+                "code_challenge_method": "S256",
+            }
+            answer = requests.get(
+                base + "/oauth2/authorize",
+                params=params,
+                allow_redirects=False,
+                verify=emulator.ca_file,
+                timeout=5,
+            )
+            return answer.status_code
+
+        assert status(REDIRECT_URI) == 302
+        assert status("http://localhost:5000/app/") == 302
+        assert status("https://attacker.example/app/") == 400

@@ -98,6 +98,8 @@ def test_the_printed_binding_token_and_login_url_work(tmp_path: Path) -> None:
 
         # The login URL signs in (redirected at once for a non-browser client), and the
         # printed curl command's verifier redeems the code.
+        registered = next(line for line in printed if "redirect URIs" in line)
+        assert "http://localhost:5000/callback" in registered  # --redirect-uri's default
         login_url = next(line for line in printed if line.startswith(url + "/oauth2/authorize"))
         redirect = requests.get(login_url, allow_redirects=False, verify=ca_file, timeout=10)
         code = parse_qs(urlsplit(redirect.headers["Location"]).query)["code"][0]

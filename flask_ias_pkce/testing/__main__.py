@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from urllib.parse import urlencode
 
 from flask_ias_pkce.testing._tenant import s256
-from flask_ias_pkce.testing.emulator import DEFAULT_USERS, IASEmulator
+from flask_ias_pkce.testing.emulator import DEFAULT_REDIRECT_URIS, DEFAULT_USERS, IASEmulator
 
 #: Where Flask's development server runs an app: allowed CORS origins and the redirect.
 _DEFAULT_ORIGINS = ("http://localhost:5000", "http://127.0.0.1:5000")
@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redirect-uri",
         default=_DEFAULT_REDIRECT,
-        help="redirect_uri of the printed login URL (default: %(default)s)",
+        help="redirect_uri of the printed login URL, registered for the public client "
+        "besides the default (default: %(default)s)",
     )
     parser.add_argument(
         "--json",
@@ -109,6 +110,7 @@ def _print_text(
         f"  XSUAA client    {emulator.xsuaa_client_id}",
         f"  users           {', '.join(emulator.users)}",
         f"  CORS origins    {', '.join(sorted(emulator.allowed_origins)) or '(none)'}",
+        f"  redirect URIs   {', '.join(sorted(emulator.redirect_uris))}",
         "",
         "Bind an app to it (paste into the shell that runs the app; Flask's",
         "app.config.from_prefixed_env() reads the FLASK_IAS_PKCE_* lines):",
@@ -147,6 +149,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             credential_type="SECRET" if arguments.secret else "X509_GENERATED",
             users=users,
             allowed_origins=arguments.origins or _DEFAULT_ORIGINS,
+            redirect_uris=(*DEFAULT_REDIRECT_URIS, arguments.redirect_uri),
             port=arguments.port,
         )
         emulator.start()

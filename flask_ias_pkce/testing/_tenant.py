@@ -50,6 +50,23 @@ _PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", 
 Params = dict[str, list[str]]
 
 
+def redirect_uri_registered(uri: str, registered: Iterable[str]) -> bool:
+    """Whether ``uri`` is one of the ``registered`` redirect URIs: the same string (RFC
+    6749 3.1.2.3, RFC 9700 2.1: exact string matching), or, for a registered URI with
+    ``*``, the same string with a run of characters in each ``*``'s place that stays
+    within one part of the URI: no ``/``, ``?``, ``#`` or ``@``, so that
+    ``http://localhost:*/app/`` never matches ``http://localhost:1@evil.example/app/``.
+    IAS accepts wildcards in redirect URIs; exactly how it matches them is unconfirmed."""
+    for pattern in registered:
+        if uri == pattern:
+            return True
+        if "*" in pattern:
+            expression = "[^/?#@]*".join(re.escape(part) for part in pattern.split("*"))
+            if re.fullmatch(expression, uri):
+                return True
+    return False
+
+
 @dataclass(frozen=True)
 class _Grant:
     """What an authorization code stands for."""
@@ -149,8 +166,13 @@ class Tenant:
         users: Mapping[str, Mapping[str, Any]],
         extra_clients: Mapping[str, str] | None = None,
         allowed_origins: Iterable[str] = (),
+        redirect_uris: set[str] | None = None,
     ) -> None:
         self.issuer = ""  # known once the server has a port
+        #: The public client's registered redirect URIs (shared by the tenants of one
+        #: application): ``/oauth2/authorize`` refuses any other (see
+        #: :func:`redirect_uri_registered`).
+        self.redirect_uris: set[str] = set() if redirect_uris is None else redirect_uris
         #: Origins (``scheme://host[:port]``) whose browser apps may call the tenant: IAS
         #: answers CORS for the tenant's trusted domains only.
         self.allowed_origins = set(allowed_origins)
@@ -379,6 +401,15 @@ class Tenant:
             return json_response(400, payload)
         if not split.scheme or split.fragment or not (split.netloc or split.path):
             payload = {"error": "invalid_request", "error_description": "invalid redirect_uri"}
+            return json_response(400, payload)
+        if not redirect_uri_registered(redirect_uri, self.redirect_uris):
+            # IAS sends the browser only to a URI registered for the application (the
+            # identity instance's oauth2-configuration.redirect-uris); RFC 6749 4.1.2.1:
+            # an unregistered one gets an error page, never a redirect.
+            payload = {
+                "error": "invalid_request",
+                "error_description": "redirect_uri is not registered for this client",
+            }
             return json_response(400, payload)
         state = {"state": query["state"]} if "state" in query else {}
 

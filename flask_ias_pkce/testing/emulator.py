@@ -47,6 +47,9 @@ from flask_ias_pkce.testing._tenant import (
 )
 
 DEFAULT_APP_TID = "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90"
+#: The redirect URI registered for the public client unless told otherwise: the one
+#: :meth:`IASEmulator.pkce_login` uses, and the example app's ``ias-instance.json``.
+DEFAULT_REDIRECT_URIS: tuple[str, ...] = ("http://localhost/callback",)
 DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
     "alice@example.com": {
         "given_name": "Alice",
@@ -65,6 +68,13 @@ DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
 _REDACTED = "<redacted>"
 #: A subscriber's name: one DNS label, the first of its host ``<name>.localhost``.
 _SUBSCRIBER = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _checked_redirect_uri(uri: str) -> str:
+    split = urlsplit(uri)
+    if not split.scheme or split.fragment or not (split.netloc or split.path):
+        raise ValueError(f"a redirect URI is absolute and has no fragment, got {uri!r}")
+    return uri
 
 
 def _setting_name(name: str) -> str:
@@ -170,8 +180,11 @@ class IASEmulator:
     ``users`` maps a ``login_hint`` (the ``email``) to extra claims; the first is the default.
     A browser at ``/oauth2/authorize`` gets a login page to pick one; other clients are
     signed in at once. ``allowed_origins`` (and :meth:`allow_origin`) are the origins whose
-    browser apps may call the token endpoint across origins (CORS). ``port`` fixes the
-    HTTPS port (default: a free one).
+    browser apps may call the token endpoint across origins (CORS). ``redirect_uris`` (and
+    :meth:`allow_redirect_uri`) are the public client's registered redirect URIs, as the
+    identity instance's ``oauth2-configuration.redirect-uris`` registers them: the authorize
+    endpoint refuses any other with 400, as IAS does, and redirects nowhere. ``port`` fixes
+    the HTTPS port (default: a free one).
     A user's ``"scopes"`` (local names, such as ``["Read", "Admin"]``) is not a claim: it is
     what the emulated XSUAA grants that user, each prefixed with the ``xsappname`` as XSUAA
     writes scopes, after ``openid``; a user without it gets ``openid`` and
@@ -214,6 +227,7 @@ class IASEmulator:
         extra_applications: Iterable[str] = (),
         subscribers: Iterable[str] | Mapping[str, str] = (),
         allowed_origins: Iterable[str] = (),
+        redirect_uris: Iterable[str] = DEFAULT_REDIRECT_URIS,
         port: int = 0,
         certificate_bound_tokens: bool = False,
     ) -> None:
@@ -231,6 +245,8 @@ class IASEmulator:
             if not _SUBSCRIBER.fullmatch(name):
                 raise ValueError(f"subscriber {name!r} is not a lower-case DNS label")
         extra_clients = {extra: secrets.token_urlsafe(32) for extra in extra_applications}
+        # One application, one list: its subscriber tenants share it.
+        registered_uris = {_checked_redirect_uri(uri) for uri in redirect_uris}
         if client_id in extra_clients:
             raise ValueError("extra_applications must not repeat client_id")
 
@@ -251,6 +267,7 @@ class IASEmulator:
                 users=DEFAULT_USERS if users is None else users,
                 extra_clients=extra_clients,
                 allowed_origins=allowed_origins,
+                redirect_uris=registered_uris,
             )
 
         client_secret = secrets.token_urlsafe(32)
@@ -642,6 +659,19 @@ class IASEmulator:
     def allowed_origins(self) -> frozenset[str]:
         """The origins :meth:`allow_origin` (or ``allowed_origins=``) let in."""
         return frozenset(self._tenant.allowed_origins)
+
+    def allow_redirect_uri(self, uri: str) -> None:
+        """Register ``uri`` as a redirect URI of the public client (for every tenant of
+        the application), as adding it to the identity instance's
+        ``oauth2-configuration.redirect-uris`` does. A ``*`` stands for a run of
+        characters within one part of the URI (no ``/``, ``?``, ``#`` or ``@``). Raises
+        ``ValueError`` for a URI that is not absolute or has a fragment (RFC 6749 3.1.2)."""
+        self._tenant.redirect_uris.add(_checked_redirect_uri(uri))
+
+    @property
+    def redirect_uris(self) -> frozenset[str]:
+        """The registered redirect URIs (``redirect_uris=`` and :meth:`allow_redirect_uri`)."""
+        return frozenset(self._tenant.redirect_uris)
 
     @property
     def authorize_endpoint(self) -> str:
