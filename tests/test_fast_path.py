@@ -61,6 +61,20 @@ def _cached(client: Any, token: str, path: str = "/api/me") -> None:
     assert client.get(path, headers=bearer(token)).status_code == 200
 
 
+def _new_hit(app: Flask, ias: IASEmulator, path: str = "/api/me") -> tuple[Any, str]:
+    """A client of ``app`` and a new token whose entry ``app`` holds in process."""
+    client = app.test_client()
+    token = ias.issue_public_token()
+    _cached(client, token, path)
+    return client, token
+
+
+@pytest.fixture
+def cached(app: Flask, ias_emulator: IASEmulator) -> tuple[Any, str]:
+    """A client of ``app`` and a token whose entry it holds in process."""
+    return _new_hit(app, ias_emulator)
+
+
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -72,11 +86,9 @@ def _cached(client: Any, token: str, path: str = "/api/me") -> None:
     ],
 )
 def test_other_spellings_of_the_header_are_hits_of_the_full_path(
-    app: Flask, ias_emulator: IASEmulator, authorization: str
+    cached: tuple[Any, str], ias_emulator: IASEmulator, authorization: str
 ) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token)
+    client, token = cached
     answer = client.get("/api/me", headers={"Authorization": authorization.format(token=token)})
     assert answer.status_code == 200
     assert answer.json == {"sub": jwt.get_unverified_claims(token)["sub"], "from_cache": True}
@@ -89,22 +101,16 @@ def test_other_spellings_of_the_header_are_hits_of_the_full_path(
     ids=["plain", "encoded-a", "empty-value", "encoded-underscore"],
 )
 def test_a_second_token_in_the_query_is_refused_even_when_the_header_is_cached(
-    app: Flask, ias_emulator: IASEmulator, query: str
+    cached: tuple[Any, str], query: str
 ) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token)
+    client, token = cached
     answer = client.get("/api/me?" + query, headers=bearer(token))
     assert answer.status_code == 400
     assert 'error="invalid_request"' in answer.headers["WWW-Authenticate"]
 
 
-def test_a_query_that_merely_contains_percent_signs_is_a_hit(
-    app: Flask, ias_emulator: IASEmulator
-) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token)
+def test_a_query_that_merely_contains_percent_signs_is_a_hit(cached: tuple[Any, str]) -> None:
+    client, token = cached
     answer = client.get("/api/me?q=50%25", headers=bearer(token))
     assert answer.status_code == 200
     assert answer.json["from_cache"] is True
@@ -113,9 +119,7 @@ def test_a_query_that_merely_contains_percent_signs_is_a_hit(
 def test_an_options_request_to_a_view_that_handles_options_is_still_authenticated(
     app: Flask, ias_emulator: IASEmulator
 ) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token, "/api/options")
+    client, token = _new_hit(app, ias_emulator, "/api/options")
     assert client.options("/api/options").status_code == 401
     answer = client.options("/api/options", headers=bearer(token))
     assert answer.status_code == 200
@@ -124,10 +128,8 @@ def test_an_options_request_to_a_view_that_handles_options_is_still_authenticate
     assert client.options("/api/me").status_code == 200
 
 
-def test_a_cache_hit_listener_hears_every_hit(app: Flask, ias_emulator: IASEmulator) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token)
+def test_a_cache_hit_listener_hears_every_hit(app: Flask, cached: tuple[Any, str]) -> None:
+    client, token = cached
     heard: list[dict[str, Any]] = []
 
     def listener(sender: Flask, **extra: Any) -> None:
@@ -178,9 +180,7 @@ def test_a_rule_added_after_the_first_hits_takes_effect_at_once(
 def test_an_endpoint_made_exempt_after_the_first_hits_sees_no_token(
     app: Flask, ias_emulator: IASEmulator
 ) -> None:
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token, "/api/maybe")
+    client, token = _new_hit(app, ias_emulator, "/api/maybe")
     ext: IASPKCE = app.extensions["test_extension"]
     ext.exempt(app.view_functions["maybe"])
     answer = client.get("/api/maybe", headers=bearer(token))
@@ -192,9 +192,7 @@ def test_an_entry_past_its_time_is_not_served(ias_emulator: IASEmulator) -> None
     clock = FakeClock(jwt.get_unverified_claims(ias_emulator.issue_public_token())["iat"])
     app = _app(ias_emulator, clock=clock)
     cache = app.extensions["ias_pkce"].authenticator.cache
-    client = app.test_client()
-    token = ias_emulator.issue_public_token()
-    _cached(client, token)
+    client, token = _new_hit(app, ias_emulator)
     assert client.get("/api/me", headers=bearer(token)).json["from_cache"] is True
     (entry,) = cache._l1.values()
     # Just past the entry's time (the token's expiry less IAS_PKCE_MIN_REMAINING), the
