@@ -19,7 +19,7 @@ import pytest
 import requests
 from flask import Flask
 
-from flask_ias_pkce import IASPKCE, signals
+from flask_ias_pkce import IASPKCE, current_token, signals
 from flask_ias_pkce.constants import BINDING_POLL_SECONDS, EXTENSION_NAME
 from flask_ias_pkce.credentials import (
     BindingWatcher,
@@ -166,6 +166,89 @@ def test_kubernetes_rotation_with_zero_failed_requests(
     used = [call.client_thumbprint for call in ias.exchanges if call.status == 200]
     assert used[0] == old
     assert used[-1] == new
+
+
+def xsuaa_files(ias: IASEmulator, binding: dict[str, Any] | None = None) -> dict[str, str]:
+    """The XSUAA binding as a Kubernetes secret holds it: one file per key."""
+    binding = binding or ias.xsuaa_binding
+    return {"type": "xsuaa", **{name: str(value) for name, value in binding.items()}}
+
+
+def xsuaa_rotation_app(ias: IASEmulator) -> Flask:
+    """:func:`rotation_app` with ``/api/xsuaa``, whose view obtains the XSUAA token."""
+    app = rotation_app(ias)
+
+    def xsuaa() -> str:
+        return "ok" if current_token.xsuaa_token() else "none"
+
+    app.add_url_rule("/api/xsuaa", view_func=xsuaa)
+    return app
+
+
+@pytest.fixture
+def x509_xsuaa() -> Iterator[IASEmulator]:
+    with IASEmulator(xsuaa_credential_type="x509") as emulator:
+        yield emulator
+
+
+def test_the_xsuaa_certificate_rotates_with_zero_failed_requests(
+    x509_xsuaa: IASEmulator, root: Path
+) -> None:
+    ias = x509_xsuaa
+    KubernetesSecret(root / "ias", binding_files(ias))
+    xsuaa_secret = KubernetesSecret(root / "xsuaa", xsuaa_files(ias))
+    app = xsuaa_rotation_app(ias)
+    old = ias.xsuaa_client_certificate_thumbprint
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = app.test_client()
+        while not stop.is_set():
+            # A fresh token each time: every request is an exchange at IAS and at XSUAA.
+            token = ias.issue_public_token(jti=os.urandom(8).hex())
+            statuses.append(client.get("/api/xsuaa", headers=bearer(token)).status_code)
+
+    def new_in_use() -> bool:
+        return any(call.client_thumbprint == new for call in ias.xsuaa_exchanges)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        assert wait_for(lambda: len(statuses) >= 3)
+        new_binding = ias.rotate_xsuaa_client_certificate(refuse_old=False)
+        new = ias.xsuaa_client_certificate_thumbprint
+        xsuaa_secret.write(xsuaa_files(ias, new_binding))
+        ias.refuse_client_certificate(old)  # XSUAA drops the old one right after
+        assert wait_for(new_in_use)
+        done = len(statuses)
+        assert wait_for(lambda: len(statuses) >= done + 3)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+    assert set(statuses) == {200}, statuses
+    used = [call.client_thumbprint for call in ias.xsuaa_exchanges if call.status == 200]
+    assert used[0] == old
+    assert used[-1] == new
+    # The IAS binding did not change: its certificate stayed the one in use.
+    assert {call.client_thumbprint for call in ias.exchanges} == {ias.client_certificate_thumbprint}
+
+
+def test_xsuaa_refusing_the_old_certificate_reads_the_binding_again(
+    x509_xsuaa: IASEmulator, root: Path, slow_watcher: None
+) -> None:
+    ias = x509_xsuaa
+    write_plain(root / "ias", binding_files(ias))
+    write_plain(root / "xsuaa", xsuaa_files(ias))
+    client = xsuaa_rotation_app(ias).test_client()
+    write_plain(root / "xsuaa", xsuaa_files(ias, ias.rotate_xsuaa_client_certificate()))
+
+    answer = client.get("/api/xsuaa", headers=bearer(ias.issue_public_token()))
+
+    assert answer.status_code == 200
+    assert [call.status for call in ias.xsuaa_exchanges] == [401, 200]
+    assert ias.xsuaa_exchanges[-1].client_thumbprint == ias.xsuaa_client_certificate_thumbprint
 
 
 def test_files_replaced_one_by_one_keep_the_old_pair_until_both_are_new(

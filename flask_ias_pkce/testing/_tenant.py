@@ -650,6 +650,10 @@ class Tenant:
             raise _OAuthError("invalid_client", "client authentication is required", 401)
         elif request.client_cn != self.xsuaa_client_id:
             raise _OAuthError("invalid_client", "the certificate is not this client's", 401)
+        elif _thumbprint(request.client_certificate) in self.refused_certificates:
+            # The binding's old certificate after a rotation: XSUAA no longer accepts it
+            # (that its answer is this one, 401 invalid_client, is unconfirmed).
+            raise _OAuthError("invalid_client", "the certificate is no longer valid", 401)
         if form.get("client_id", self.xsuaa_client_id) != self.xsuaa_client_id:
             raise _OAuthError("invalid_client", "client_id is not the authenticated client", 401)
 

@@ -433,9 +433,31 @@ class IASEmulator:
             self.refuse_client_certificate(_pki.thumbprint(old.certificate))
         return self.binding
 
+    def rotate_xsuaa_client_certificate(self, *, refuse_old: bool = True) -> dict[str, Any]:
+        """Issue the XSUAA binding (``xsuaa_credential_type="x509"``) a new client
+        certificate and key, as a new binding does, and return the new
+        :attr:`xsuaa_binding`. With ``refuse_old`` the old certificate is refused from now
+        on (``invalid_client``); else both work until :meth:`refuse_client_certificate`."""
+        self._running()
+        if self._xsuaa_client is None or self._ca is None:
+            raise RuntimeError("the XSUAA binding has a client secret, not a certificate")
+        old = self._xsuaa_client
+        self._xsuaa_client = _pki.issue(self._ca, self._tenant.xsuaa_client_id, server=False)
+        if refuse_old:
+            self.refuse_client_certificate(_pki.thumbprint(old.certificate))
+        return self.xsuaa_binding
+
+    @property
+    def xsuaa_client_certificate_thumbprint(self) -> str:
+        """``x5t#S256`` of the XSUAA binding's client certificate now (RFC 8705)."""
+        if self._xsuaa_client is None:
+            raise RuntimeError("the XSUAA binding has a client secret, not a certificate")
+        return _pki.thumbprint(self._xsuaa_client.certificate)
+
     def refuse_client_certificate(self, thumbprint: str) -> None:
         """Refuse the client certificate with this ``x5t#S256`` from now on
-        (``invalid_client``), as IAS does once a binding is deleted."""
+        (``invalid_client``), as IAS (and XSUAA, for its binding's certificate) does once
+        a binding is deleted."""
         self._tenant.refused_certificates.add(thumbprint)
 
     def _path(self, name: str) -> str:
