@@ -298,8 +298,9 @@ class JWKSCache:
     A token is checked in two steps, so that one made up costs real users nothing:
 
     1. its signature, against the keys of its issuer (:meth:`issuer_key`), fetched
-       without the token's ``app_tid`` or ``azp``: a forged token names any tenant and
-       client it likes, but not a signature, and fails here;
+       without client headers (neither this client's id nor the token's ``app_tid`` or
+       ``azp``): a forged token names any tenant and client it likes, but not a
+       signature, and fails here;
     2. only then (:meth:`tenant_key`), the JWKS call that IAS answers per tenant and
        client (``x-app_tid``, ``x-azp``) and refuses for a tenant this client may not
        accept; the token must verify with the key of that answer too, so that one
@@ -374,9 +375,9 @@ class JWKSCache:
     def _fetch_issuer(self, keys: _IssuerKeys, issuer: str) -> dict[str, Key]:
         if not keys.proven:
             self._spend_unproven_budget(issuer)
-        headers = {"x-client_id": self._client_id}
-        keys.jwks_uri = self.discover(issuer, headers)
-        return self.fetch_keys(issuer, keys.jwks_uri, headers)
+        # No client headers: the issuer's keys, as IAS gives them to anyone (see headers()).
+        keys.jwks_uri = self.discover(issuer, {})
+        return self.fetch_keys(issuer, keys.jwks_uri, {})
 
     def _spend_unproven_budget(self, issuer: str) -> None:
         now = self._clock()
@@ -402,9 +403,9 @@ class JWKSCache:
         :meth:`issuer_key`. Raises :class:`~flask_ias_pkce.errors.InvalidToken` when IAS
         refuses this client the tenant's keys."""
         headers = self.headers(claims)
-        scope = (issuer, headers.get("x-app_tid"), headers.get("x-azp"))
-        if scope[1:] == (None, None):
+        if not headers:
             return self.issuer_key(issuer, kid)  # the same call as step 1
+        scope = (issuer, headers.get("x-app_tid"), headers.get("x-azp"))
         with self._lock:
             key_set = self._tenant_sets.get(scope)
             if key_set is None:
@@ -423,13 +424,21 @@ class JWKSCache:
     def headers(self, claims: Mapping[str, Any]) -> dict[str, str]:
         """The headers of discovery and JWKS calls for a token with ``claims``.
 
-        IAS answers the JWKS per client and tenant: it wants to know who asks.
+        IAS answers the JWKS per client and tenant: ``x-client_id`` (this binding) and
+        ``x-app_tid`` (the token's tenant), with ``x-azp`` (the token's client) beside
+        them. The first two go together or not at all, as @sap/xssec sends them since
+        3.3.3 ("send either both x-app_tid & x-client_id headers or none of them to IAS
+        /certs endpoint to prevent bad request") and SAP's Spring token client does
+        (``SpringOAuth2TokenKeyService``): a token that names no tenant gets none, and its
+        keys are the issuer's (step 1).
         """
-        headers = {"x-client_id": self._client_id}
-        for header, claim in (("x-app_tid", "app_tid"), ("x-azp", "azp")):
-            value = claims.get(claim)
-            if isinstance(value, str) and KID_PATTERN.fullmatch(value):
-                headers[header] = value
+        app_tid = claims.get("app_tid")
+        if not isinstance(app_tid, str) or not KID_PATTERN.fullmatch(app_tid):
+            return {}
+        headers = {"x-client_id": self._client_id, "x-app_tid": app_tid}
+        azp = claims.get("azp")
+        if isinstance(azp, str) and KID_PATTERN.fullmatch(azp):
+            headers["x-azp"] = azp
         return headers
 
     def discover(self, issuer: str, headers: Mapping[str, str]) -> str:

@@ -18,6 +18,7 @@ from flask_ias_pkce.testing import Call, IASEmulator, resolve_tenant_hosts
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REDIRECT_URI = "http://localhost/callback"
+DEFAULT_TID = "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90"  # the emulator's default app_tid
 # RFC 7636 Appendix B (the challenge is the RFC's own text: SHA-256 of the verifier, base64url)
 RFC_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
 RFC_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
@@ -717,19 +718,37 @@ def certs(ias: IASEmulator, **headers: str) -> requests.Response:
             id="known",
         ),
         pytest.param(
-            {"x-client_id": "stranger"},
+            {"x-client_id": "stranger", "x-app_tid": DEFAULT_TID},
             400,
             "Invalid x-client_id or x-app_tid provided",
             id="client",
         ),
         pytest.param(
-            {"x-app_tid": "another-tenant"},
+            {"x-client_id": "backend-app-client-id", "x-app_tid": "another-tenant"},
             400,
             "Invalid x-client_id or x-app_tid provided",
             id="tenant",
         ),
+        # Both or neither (@sap/xssec 3.3.3, SAP's Spring token client).
+        pytest.param(
+            {"x-client_id": "backend-app-client-id"},
+            400,
+            "Invalid x-client_id or x-app_tid provided",
+            id="client-alone",
+        ),
+        pytest.param(
+            {"x-app_tid": DEFAULT_TID},
+            400,
+            "Invalid x-client_id or x-app_tid provided",
+            id="tenant-alone",
+        ),
         pytest.param({"x-azp": "stranger"}, 400, "Invalid x-azp provided", id="azp"),
-        pytest.param({"x-app_tid": "hosted"}, 200, None, id="extra-tenant"),
+        pytest.param(
+            {"x-client_id": "backend-app-client-id", "x-app_tid": "hosted"},
+            200,
+            None,
+            id="extra-tenant",
+        ),
     ],
 )
 def test_jwks_refuses_clients_and_tenants_it_does_not_know(
@@ -750,8 +769,9 @@ def test_jwks_refuses_clients_and_tenants_it_does_not_know(
 
 def test_jwks_knows_a_separate_public_client() -> None:
     with IASEmulator(public_client_id="mobile-app") as ias:
-        assert certs(ias, **{"x-azp": "mobile-app", "x-client_id": ias.client_id}).ok
-        assert certs(ias, **{"x-client_id": "mobile-app"}).ok
+        tenant = {"x-app_tid": ias.app_tid}
+        assert certs(ias, **{"x-azp": "mobile-app", "x-client_id": ias.client_id, **tenant}).ok
+        assert certs(ias, **{"x-client_id": "mobile-app", **tenant}).ok
 
 
 # -- record and faults ------------------------------------------------------------------------

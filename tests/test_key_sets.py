@@ -78,6 +78,31 @@ def test_a_tenant_ias_refuses_does_not_lock_out_another(ias_emulator: IASEmulato
     assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"app_tid": "a"},
+        {"app_tid": "a", "azp": None},
+        {"app_tid": None},  # an older tenant's token: no app_tid
+        {"app_tid": None, "azp": None},
+    ],
+    ids=["tenant-and-azp", "tenant-only", "azp-only", "neither"],
+)
+def test_client_and_tenant_headers_go_together_or_not_at_all(
+    ias_emulator: IASEmulator, claims: dict[str, Any]
+) -> None:
+    # @sap/xssec 3.3.3: "send either both x-app_tid & x-client_id headers or none of them
+    # to IAS /certs endpoint to prevent bad request"; the emulator refuses one alone.
+    client = build_app(ias_emulator).test_client()
+    answer = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, **claims)))
+    assert answer.status_code == 200
+    fetches = key_fetches(ias_emulator)
+    assert fetches
+    for headers in fetches:
+        assert ("x-client_id" in headers) == ("x-app_tid" in headers), headers
+        assert "x-azp" not in headers or "x-app_tid" in headers, headers
+
+
 def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
     ias_emulator: IASEmulator,
 ) -> None:
@@ -92,10 +117,12 @@ def test_key_requests_name_the_client_tenant_and_azp_and_ias_refuses_strangers(
     assert 'error="invalid_token"' in stranger.headers["WWW-Authenticate"]
     own = ias_emulator.client_id
     sent = [
-        (f["x-client_id"], f.get("x-app_tid"), f.get("x-azp")) for f in key_fetches(ias_emulator)
+        (f.get("x-client_id"), f.get("x-app_tid"), f.get("x-azp"))
+        for f in key_fetches(ias_emulator)
     ]
-    # First the issuer's keys (no tenant, no azp), then IAS's word per tenant and client.
-    assert sent == [(own, None, None), (own, "a", own), (own, "b", "stranger")]
+    # First the issuer's keys (no client headers at all), then IAS's word per tenant and
+    # client: x-client_id and x-app_tid always together (@sap/xssec 3.3.3).
+    assert sent == [(None, None, None), (own, "a", own), (own, "b", "stranger")]
     assert [call.status for call in ias_emulator.calls if call.path == CERTS] == [200, 200, 400]
 
 

@@ -103,8 +103,10 @@ def test_each_token_is_exchanged_with_its_own_bindings_credentials(
     expected = "tls_client_auth" if two_apps.credential_type != "SECRET" else "client_secret_basic"
     assert {call.auth_method for call in exchanges} == {expected}
     assert all(call.status == 200 for call in exchanges)
-    # Each binding fetches keys as itself: IAS answers JWKS per client.
-    assert {call.headers["x-client_id"] for call in two_apps.calls if call.path == CERTS} == {
+    # Each binding asks for the tenant's keys as itself: IAS answers JWKS per client (the
+    # issuer's keys, fetched first, name no client).
+    assert {call.headers.get("x-client_id") for call in two_apps.calls if call.path == CERTS} == {
+        None,
         two_apps.client_id,
         PARTNER,
     }
@@ -496,8 +498,10 @@ def test_each_subscriber_has_its_own_keys_and_answers_for_itself(tenants: IASEmu
     assert len(kids) == 2
     assert get(sub1 + "/.well-known/openid-configuration").json()["issuer"] == sub1
     assert get(sub1 + CERTS).json() == tenants.tenant_jwks("sub1")
-    assert get(sub1 + CERTS, **{"x-app_tid": tenants.tenant_app_tid("sub1")}).status_code == 200
-    assert get(sub1 + CERTS, **{"x-app_tid": tenants.tenant_app_tid("sub2")}).status_code == 400
+    own = {"x-client_id": tenants.client_id}
+    assert get(sub1 + CERTS, **own, **{"x-app_tid": tenants.tenant_app_tid("sub1")}).ok
+    refused = get(sub1 + CERTS, **own, **{"x-app_tid": tenants.tenant_app_tid("sub2")})
+    assert refused.status_code == 400
     assert get(sub2 + CERTS).json() != get(sub1 + CERTS).json()
     # A tenant it does not host (its certificate does not name one either).
     assert get(sub1 + CERTS, Host="nobody.localhost").status_code == 404

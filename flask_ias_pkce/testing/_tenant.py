@@ -345,12 +345,18 @@ class Tenant:
         SAP/cloud-security-client-go models in ``oidcclient/jwk_test.go``; its
         ``mocks/mockServer.go`` notes that IAS answers ``{"msg":"Invalid app_tid
         provided"}`` for a foreign tenant. IAS's documentation of the endpoint calls both
-        headers optional ("Reserved"), so a request without them gets the keys.
+        headers optional ("Reserved"), so a request without them gets the keys. One of the
+        two without the other is refused too: @sap/xssec 3.3.3 started to "send either both
+        x-app_tid & x-client_id headers or none of them ... to prevent bad request", and
+        SAP's Spring token client sends them so (which of the two IAS refuses alone, and
+        with what body, is unconfirmed).
         """
         headers = request.headers
         client_id, app_tid = headers.get("x-client_id"), headers.get("x-app_tid")
-        if (client_id is not None and client_id not in self.client_ids) or (
-            app_tid is not None and app_tid not in self.app_tids
+        if (
+            (client_id is None) != (app_tid is None)
+            or (client_id is not None and client_id not in self.client_ids)
+            or (app_tid is not None and app_tid not in self.app_tids)
         ):
             return json_response(400, {"msg": "Invalid x-client_id or x-app_tid provided"})
         azp = headers.get("x-azp")
