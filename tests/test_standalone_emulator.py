@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 from jose import jwt
 
+from flask_ias_pkce.testing import resolve_tenant_hosts
 from flask_ias_pkce.testing.__main__ import main
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -144,6 +145,42 @@ def test_secret_binding_users_and_port_as_json() -> None:
         assert json.loads(printed[-1])["url"] == f"https://localhost:{port}"
 
 
+def test_subscriber_tenants_are_served_and_printed() -> None:
+    with (
+        emulator_process("--subscriber", "customer", "--subscriber", "partner", "--json") as (
+            process,
+            printed,
+        ),
+        resolve_tenant_hosts(),
+    ):
+        document = json.loads(printed[-1])
+        port = document["url"].rsplit(":", 1)[1]
+        assert set(document["subscribers"]) == {"customer", "partner"}
+        app_tids = set()
+        for name, tenant in document["subscribers"].items():
+            assert tenant["url"] == f"https://{name}.localhost:{port}"
+            claims = jwt.get_unverified_claims(tenant["public_token"])
+            assert (claims["iss"], claims["app_tid"]) == (tenant["url"], tenant["app_tid"])
+            # The tenant answers for itself, with its own keys.
+            discovery = requests.get(
+                tenant["url"] + "/.well-known/openid-configuration",
+                verify=document["ca_file"],
+                timeout=10,
+            ).json()
+            assert discovery["issuer"] == tenant["url"]
+            keys = requests.get(discovery["jwks_uri"], verify=document["ca_file"], timeout=10)
+            kid = jwt.get_unverified_header(tenant["public_token"])["kid"]
+            assert kid in {key["kid"] for key in keys.json()["keys"]}
+            app_tids.add(tenant["app_tid"])
+        assert (
+            len(app_tids | {document["vcap_services"]["identity"][0]["credentials"]["app_tid"]})
+            == 3
+        )
+        process.terminate()
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+
+
 def test_bad_arguments_are_refused_with_a_usage_message() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "flask_ias_pkce.testing", "--users", " , "],
@@ -170,10 +207,13 @@ def test_main_in_process_prints_and_stops_on_sigterm() -> None:
     before = signal.getsignal(signal.SIGTERM)
     out = _Output()
 
-    assert main(["--origin", "http://127.0.0.1:8000"], out=out) == 0
+    assert main(["--origin", "http://127.0.0.1:8000", "--subscriber", "customer"], out=out) == 0
 
     text = out.getvalue()
     assert "CORS origins    http://127.0.0.1:8000" in text
+    # The subscriber's block comes before the sign-in, whose curl line ends the text.
+    assert "  customer        https://customer.localhost:" in text
+    assert text.index("Subscriber tenants") < text.index("Sign in with PKCE")
     assert "export VCAP_SERVICES=" in text
     assert text.rstrip().endswith("IAS emulator stopped")
     assert signal.getsignal(signal.SIGTERM) is before

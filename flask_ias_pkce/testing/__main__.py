@@ -7,6 +7,7 @@ public token for ``curl`` and a login URL for a browser, and serves until Ctrl-C
     python -m flask_ias_pkce.testing --port 8443
     python -m flask_ias_pkce.testing --secret --users alice@example.com,bob@example.com
     python -m flask_ias_pkce.testing --json      # one JSON object, for scripts
+    python -m flask_ias_pkce.testing --subscriber customer   # a subscriber tenant too
 
 For development and tests only: its tokens and certificates are worthless anywhere else.
 """
@@ -68,10 +69,19 @@ def _parser() -> argparse.ArgumentParser:
         "besides the default (default: %(default)s)",
     )
     parser.add_argument(
+        "--subscriber",
+        action="append",
+        dest="subscribers",
+        default=[],
+        metavar="NAME",
+        help="a subscriber tenant of the (multitenant) application, served at "
+        "https://NAME.localhost:<port> with its own keys and app_tid; repeatable",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object (url, ca_file, vcap_services, environment, "
-        "public_token, login_url, code_verifier) instead of the text",
+        "public_token, login_url, code_verifier, subscribers) instead of the text",
     )
     return parser
 
@@ -82,6 +92,18 @@ def _users(text: str) -> dict[str, dict[str, Any]]:
         raise argparse.ArgumentTypeError("--users names no user")
     # Known users keep their claims (names, groups); new ones get only their e-mail.
     return {name: dict(DEFAULT_USERS.get(name, {})) for name in names}
+
+
+def _subscribers(emulator: IASEmulator) -> dict[str, dict[str, str]]:
+    """Each subscriber tenant's URL, ``app_tid`` and a public token of its first user."""
+    return {
+        name: {
+            "url": emulator.tenant_url(name),
+            "app_tid": emulator.tenant_app_tid(name),
+            "public_token": emulator.issue_public_token(tenant=name),
+        }
+        for name in emulator.subscribers
+    }
 
 
 def _login(emulator: IASEmulator, redirect_uri: str) -> tuple[str, str]:
@@ -135,6 +157,23 @@ def _print_text(
         f"-d redirect_uri={shlex.quote(redirect)} -d code_verifier={verifier} -d code=<CODE>",
         "",
     ]
+    subscribers = _subscribers(emulator)
+    if subscribers:
+        # After the provider's token, before the sign-in: the curl line ends the text.
+        tenants = [
+            "Subscriber tenants (<name>.localhost is the loopback address on most systems,",
+            "RFC 6761; where it is not, add it to /etc/hosts or use curl --resolve):",
+            "",
+        ]
+        for name, tenant in subscribers.items():
+            tenants += [
+                f"  {name:14}  {tenant['url']}  app_tid {tenant['app_tid']}",
+                f"  {'':14}  public token: {tenant['public_token']}",
+            ]
+        signing_in = lines.index(
+            "Sign in with PKCE in a browser (trust the CA file, or accept the certificate):"
+        )
+        lines[signing_in:signing_in] = [*tenants, ""]
     out.write("\n".join(lines) + "\n")
 
 
@@ -150,6 +189,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             users=users,
             allowed_origins=arguments.origins or _DEFAULT_ORIGINS,
             redirect_uris=(*DEFAULT_REDIRECT_URIS, arguments.redirect_uri),
+            subscribers=arguments.subscribers,
             port=arguments.port,
         )
         emulator.start()
@@ -174,6 +214,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 "login_url": login_url,
                 "code_verifier": verifier,
                 "redirect_uri": arguments.redirect_uri,
+                "subscribers": _subscribers(emulator),
             }
             out.write(json.dumps(document) + "\n")
         else:
