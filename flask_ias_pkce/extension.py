@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -79,12 +80,32 @@ class AppState:
     #: fast path looks up, once per request. Filled by the full path, emptied with the
     #: two above.
     protected: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
+    #: Counts :meth:`forget_endpoints` calls: what a request resolved under an older
+    #: generation is never written back (a rule added meanwhile would be lost).
+    generation: int = 0
+    _endpoints_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def forget_endpoints(self) -> None:
         """Forget what was resolved per endpoint: a mark or rule added later takes effect."""
-        self.rules.clear()
-        self.modes.clear()
-        self.protected.clear()
+        with self._endpoints_lock:
+            self.generation += 1
+            self.rules.clear()
+            self.modes.clear()
+            self.protected.clear()
+
+    def remember_endpoint(
+        self, endpoint: str, generation: int, mode: str, rules: tuple[Requirement, ...] | None
+    ) -> None:
+        """Keep what a request resolved for ``endpoint`` (its ``mode``, and its ``rules``
+        when it takes a token), unless marks or rules changed since it began
+        (``generation``)."""
+        with self._endpoints_lock:
+            if generation != self.generation:
+                return
+            self.modes[endpoint] = mode
+            if rules is not None:
+                self.rules[endpoint] = rules
+                self.protected[endpoint] = rules
 
 
 class IASPKCE:
@@ -370,15 +391,6 @@ class IASPKCE:
         for state in list(self._states):
             state.forget_endpoints()
 
-    def _mode(self, state: AppState, current: Request) -> str:
-        endpoint = current.endpoint
-        if endpoint is None or current.routing_exception is not None:
-            return SKIP  # 404 and 405 answer without a challenge
-        mode = state.modes.get(endpoint)
-        if mode is None:
-            mode = state.modes[endpoint] = self._resolve(_app(), state, endpoint)
-        return mode
-
     def _resolve(self, app: Flask, state: AppState, endpoint: str) -> str:
         mark = self._view_marks.get(app.view_functions.get(endpoint))  # type: ignore[arg-type]
         if mark is not None:
@@ -463,18 +475,25 @@ class IASPKCE:
 
     def _authenticate_request(self, state: AppState) -> None:
         settings = state.settings
+        # Whatever an earlier request left in g (an app context pushed around several
+        # requests, as tests do, is shared by them) is not this request's token.
+        resolve_g().pop(G_ATTRIBUTE, None)
         # One proxy lookup instead of one per attribute: this runs on every request.
         current = request._get_current_object()  # type: ignore[attr-defined]
         if current.method == "OPTIONS" and _is_automatic_options(current):
             return
-        mode = self._mode(state, current)
-        if mode == SKIP:
-            return
         endpoint = current.endpoint
+        if endpoint is None or current.routing_exception is not None:
+            return  # 404 and 405 answer without a challenge
+        generation = state.generation
+        mode = state.modes.get(endpoint)
         rules = state.rules.get(endpoint)
-        if rules is None:
-            rules = state.rules[endpoint] = self._resolve_rules(state, current)
-        state.protected[endpoint] = rules
+        if mode is None or (mode != SKIP and rules is None):
+            mode = self._resolve(_app(), state, endpoint)
+            rules = self._resolve_rules(state, current) if mode != SKIP else None
+            state.remember_endpoint(endpoint, generation, mode, rules)
+        if mode == SKIP or rules is None:
+            return
         # What ``headers.get("Authorization")`` returns, without its key normalisation.
         authorization = current.environ.get("HTTP_AUTHORIZATION")
         token_in_query = _token_in_query(current)

@@ -237,3 +237,60 @@ def test_an_oversize_header_is_refused_before_any_lookup(
     assert answer.status_code == 400
     assert 'error="invalid_request"' in answer.headers["WWW-Authenticate"]
     assert ias_emulator.calls == []
+
+
+def test_a_rule_added_while_a_request_resolves_the_endpoint_is_not_lost(
+    app: Flask, ias_emulator: IASEmulator
+) -> None:
+    # The interleaving of two threads, made deterministic: a rule is added right after a
+    # full-path request has read the endpoint's (old) rules, before it keeps them. What it
+    # resolved then must not be written back over the new rule.
+    client = app.test_client()
+    bob = ias_emulator.pkce_login(login_hint="bob@example.com")["id_token"]
+    state = app.extensions["ias_pkce"]
+    ext: IASPKCE = app.extensions["test_extension"]
+    me = app.view_functions["me"]
+    resolve = ext._resolve_rules
+
+    def resolve_then_add_a_rule(*args: Any) -> Any:
+        rules = resolve(*args)
+        ext.require_groups("Admins")(me)  # "the other thread"
+        return rules
+
+    ext._resolve_rules = resolve_then_add_a_rule  # type: ignore[method-assign]
+    try:
+        assert client.get("/api/me", headers=bearer(bob)).status_code == 200  # began before
+    finally:
+        ext._resolve_rules = resolve  # type: ignore[method-assign]
+    assert "me" not in state.protected
+    for _ in range(3):  # the fast path's spelling, and the full path's
+        assert client.get("/api/me", headers=bearer(bob)).status_code == 403
+        assert client.get("/api/me", headers={"Authorization": "bearer " + bob}).status_code == 403
+
+
+def test_a_shared_app_context_never_shows_the_previous_requests_token(
+    app: Flask, ias_emulator: IASEmulator
+) -> None:
+    # Flask reuses an app context already pushed (tests often push one around several
+    # requests), and g lives in it: each request must start without a token in g.
+    seen: list[bool] = []
+
+    @app.get("/public")
+    @app.extensions["test_extension"].exempt
+    def public() -> str:
+        seen.append(bool(current_token))
+        return "public"
+
+    @app.errorhandler(401)
+    def refused(error: Exception) -> tuple[str, int]:
+        seen.append(bool(current_token))
+        return "refused", 401
+
+    client = app.test_client()
+    token = ias_emulator.issue_public_token()
+    with app.app_context():
+        assert client.get("/api/me", headers=bearer(token)).status_code == 200
+        assert client.get("/public").status_code == 200
+        assert client.get("/api/me", headers=bearer(token)).status_code == 200
+        assert client.get("/api/me", headers=bearer(token + "x")).status_code == 401
+    assert seen == [False, False]
