@@ -53,18 +53,24 @@ Params = dict[str, list[str]]
 def redirect_uri_registered(uri: str, registered: Iterable[str]) -> bool:
     """Whether ``uri`` is one of the ``registered`` redirect URIs: the same string (RFC
     6749 3.1.2.3, RFC 9700 2.1: exact string matching), or, for a registered URI with
-    ``*``, the same string with a run of characters in each ``*``'s place that stays
-    within one part of the URI: no ``/``, ``?``, ``#`` or ``@``, so that
-    ``http://localhost:*/app/`` never matches ``http://localhost:1@evil.example/app/``.
-    IAS accepts wildcards in redirect URIs; exactly how it matches them is unconfirmed."""
+    ``*``, the same string with a run of RFC 3986 unreserved characters (letters, digits,
+    ``-._~``) in each ``*``'s place, and no ``.`` or ``..`` path segment. So a wildcard
+    never reaches into another part of the URI: ``http://localhost:*/app/`` matches no
+    ``http://localhost:1@evil.example/app/``, and ``https://*.example.com/cb`` no
+    ``https://evil.test\\.example.com/cb`` (a browser reads that ``\\`` as ``/``). IAS
+    accepts wildcards in redirect URIs; exactly how it matches them is unconfirmed."""
     for pattern in registered:
         if uri == pattern:
             return True
         if "*" in pattern:
-            expression = "[^/?#@]*".join(re.escape(part) for part in pattern.split("*"))
-            if re.fullmatch(expression, uri):
+            expression = "[A-Za-z0-9._~-]*".join(re.escape(part) for part in pattern.split("*"))
+            if re.fullmatch(expression, uri) and not _DOT_SEGMENT.search(urlsplit(uri).path):
                 return True
     return False
+
+
+#: A ``.`` or ``..`` segment of a URI's path (RFC 3986 5.2.4 removes them).
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
 @dataclass(frozen=True)

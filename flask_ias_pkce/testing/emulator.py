@@ -685,8 +685,8 @@ class IASEmulator:
     def allow_redirect_uri(self, uri: str) -> None:
         """Register ``uri`` as a redirect URI of the public client (for every tenant of
         the application), as adding it to the identity instance's
-        ``oauth2-configuration.redirect-uris`` does. A ``*`` stands for a run of
-        characters within one part of the URI (no ``/``, ``?``, ``#`` or ``@``). Raises
+        ``oauth2-configuration.redirect-uris`` does. A ``*`` stands for a run of letters,
+        digits and ``-._~`` (never a ``.`` or ``..`` path segment). Raises
         ``ValueError`` for a URI that is not absolute or has a fragment (RFC 6749 3.1.2)."""
         self._tenant.redirect_uris.add(_checked_redirect_uri(uri))
 
