@@ -15,7 +15,7 @@ from .config import Settings
 from .context import TokenContext
 from .errors import IASRefused, InvalidToken
 from .exchange import ExchangeClient
-from .keys import JWKSCache
+from .keys import KID_PATTERN, JWKSCache
 from .verify import TokenVerifier, audiences, issuer_origin, unverified_claims
 from .xsuaa import XsuaaHop
 
@@ -112,7 +112,13 @@ class Authenticator:
             route.verifier.ports,
         )
         app_tid = claims.get("app_tid")
-        if not isinstance(app_tid, str):
+        if app_tid is not None and not (
+            isinstance(app_tid, str) and KID_PATTERN.fullmatch(app_tid)
+        ):
+            # IAS writes a tenant id (a UUID). Anything else could be sent to IAS neither
+            # as a header nor as a parameter, so the tenant's keys would never be asked for.
+            raise InvalidToken("The token's app_tid is malformed", reason="app_tid_malformed")
+        if app_tid is None:
             if issuer != route.home_issuer:
                 raise InvalidToken(
                     "The token of a subscriber tenant names no tenant", reason="app_tid_missing"

@@ -337,3 +337,16 @@ def test_a_binding_url_outside_its_domains_has_no_home_issuer(ias_emulator: IASE
 
     assert answer.status_code == 401
     assert ias_emulator.calls == []
+
+
+@pytest.mark.parametrize("app_tid", ["two words", "", "x" * 129, 42, ["a"]])
+def test_a_malformed_app_tid_is_refused_before_any_call(
+    ias_emulator: IASEmulator, app_tid: object
+) -> None:
+    # A tenant id IAS would never write: IAS is not asked about it, and the token is not
+    # quietly verified with the issuer's keys alone either.
+    client = build_app(ias_emulator).test_client()
+    answer = client.get("/api/me", headers=bearer(passthrough_token(ias_emulator, app_tid=app_tid)))
+    assert answer.status_code == 401
+    assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    assert ias_emulator.calls == []
