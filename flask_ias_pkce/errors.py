@@ -1,7 +1,9 @@
 """Errors as HTTP answers, shaped by RFC 6750 section 3.
 
 Every error is a :class:`werkzeug.exceptions.HTTPException`, so Flask turns it into a
-response by itself and a host app can still reshape it with ``app.errorhandler``. The
+response by itself, and also werkzeug's class of its status (``Unauthorized``,
+``Forbidden``, ...), so that a host app can reshape it with ``app.errorhandler(401)`` as
+with ``app.errorhandler(IASPKCEError)``. The
 texts are fixed sentences chosen here: none of them ever holds any part of a token, a
 claim value taken from a token, or an answer of IAS.
 """
@@ -12,7 +14,15 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayTimeout,
+    HTTPException,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 __all__ = [
     "IASPKCEError",
@@ -84,7 +94,7 @@ class IASPKCEError(HTTPException):
         return ()
 
 
-class MissingToken(IASPKCEError):
+class MissingToken(IASPKCEError, Unauthorized):
     """401 without an error code: the request carried no Bearer credentials at all
     (RFC 6750 section 3.1: "the resource server SHOULD NOT include an error code")."""
 
@@ -93,21 +103,21 @@ class MissingToken(IASPKCEError):
     challenge_error = False
 
 
-class InvalidRequest(IASPKCEError):
+class InvalidRequest(IASPKCEError, BadRequest):
     """400 ``invalid_request``: the Authorization header is malformed."""
 
     code = 400
     error = "invalid_request"
 
 
-class InvalidToken(IASPKCEError):
+class InvalidToken(IASPKCEError, Unauthorized):
     """401 ``invalid_token``: a well-formed credential that is not a valid token of ours."""
 
     code = 401
     error = "invalid_token"
 
 
-class InsufficientScope(IASPKCEError):
+class InsufficientScope(IASPKCEError, Forbidden):
     """403 ``insufficient_scope``: the token is valid, but does not hold the group or the
     scope the view needs (RFC 6750 section 3.1). The challenge names what was needed in
     its ``scope`` attribute, space-separated.
@@ -141,21 +151,21 @@ class InsufficientScope(IASPKCEError):
         return "Bearer " + ", ".join(params)
 
 
-class IASRefused(IASPKCEError):
+class IASRefused(IASPKCEError, BadGateway):
     """502: IAS refused our client or gave an answer we cannot use."""
 
     code = 502
     error = "bad_gateway"
 
 
-class IASTimeout(IASPKCEError):
+class IASTimeout(IASPKCEError, GatewayTimeout):
     """504: IAS accepted the connection but did not answer in time."""
 
     code = 504
     error = "gateway_timeout"
 
 
-class IASUnavailable(IASPKCEError):
+class IASUnavailable(IASPKCEError, ServiceUnavailable):
     """503 with ``Retry-After``: IAS cannot be reached, or kept failing after retries."""
 
     code = 503

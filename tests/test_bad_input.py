@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from jose import jwk, jwt
+from werkzeug import exceptions
 
-from flask_ias_pkce import transport
+from flask_ias_pkce import IASPKCEError, errors, transport
 from flask_ias_pkce.testing import IASEmulator
 
 from helpers import bearer, build_app
@@ -488,3 +489,61 @@ def test_json_rules_are_ours_whatever_the_interpreter(text: str, parsed: bool) -
     # The same limit on every Python: CPython's own depth limit differs by version.
     assert (transport.loads_json(text) is not None) is parsed
     assert (transport.loads_json(text.encode()) is not None) is parsed
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "error"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Bearer not.a.token"}, 401, "invalid_token"),
+        ({"Authorization": "Bearer "}, 400, "invalid_request"),
+    ],
+    ids=["missing", "invalid", "empty"],
+)
+def test_a_host_app_reshapes_refusals_with_errorhandler_by_status(
+    ias_emulator: IASEmulator, headers: dict[str, str], status: int, error: str
+) -> None:
+    # app.errorhandler(401) registers werkzeug's Unauthorized: our errors are that class
+    # too (and BadRequest, Forbidden, ...), so a handler by status sees them.
+    app = build_app(ias_emulator)
+    seen: list[IASPKCEError] = []
+
+    def reshape(refusal: IASPKCEError) -> tuple[dict[str, str], int]:
+        seen.append(refusal)
+        return {"problem": refusal.error}, refusal.code
+
+    app.register_error_handler(status, reshape)
+    answer = app.test_client().get("/api/me", headers=headers)
+    assert (answer.status_code, answer.json) == (status, {"problem": error})
+    assert [type(refusal).__name__ for refusal in seen] == [
+        {"unauthorized": "MissingToken", "invalid_token": "InvalidToken"}.get(
+            error, "InvalidRequest"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "werkzeug_class"),
+    [
+        (errors.MissingToken("m", reason="r"), exceptions.Unauthorized),
+        (errors.InvalidToken("m", reason="r"), exceptions.Unauthorized),
+        (errors.InvalidRequest("m", reason="r"), exceptions.BadRequest),
+        (errors.InsufficientScope("m", reason="r"), exceptions.Forbidden),
+        (errors.IASRefused("m", reason="r"), exceptions.BadGateway),
+        (errors.IASTimeout("m", reason="r"), exceptions.GatewayTimeout),
+        (errors.IASUnavailable("m", reason="r", retry_after=7), exceptions.ServiceUnavailable),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+)
+def test_each_error_is_werkzeugs_class_of_its_status_with_our_answer(
+    refusal: IASPKCEError, werkzeug_class: type[exceptions.HTTPException]
+) -> None:
+    assert isinstance(refusal, werkzeug_class)
+    assert refusal.code == werkzeug_class.code
+    response = refusal.get_response()
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.get_data()) == {"error": refusal.error, "error_description": "m"}
+    challenge = response.headers.get("WWW-Authenticate")
+    assert (challenge is not None) == (refusal.code in (400, 401, 403))
+    if isinstance(refusal, errors.IASUnavailable):
+        assert response.headers["Retry-After"] == "7"
