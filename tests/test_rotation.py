@@ -129,6 +129,35 @@ def slow_watcher(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("flask_ias_pkce.extension.BINDING_POLL_SECONDS", 3600.0)
 
 
+def statuses_under_load(
+    app: Flask, ias: IASEmulator, path: str, rotate: Any, in_use: Any
+) -> list[int]:
+    """The statuses of requests sent one after another, each with a fresh token (so
+    that each one calls IAS), while ``rotate()`` swaps the credentials: at least three
+    before, then until ``in_use()`` says the new ones are used, then three more."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = app.test_client()
+        while not stop.is_set():
+            token = ias.issue_public_token(jti=os.urandom(8).hex())
+            statuses.append(client.get(path, headers=bearer(token)).status_code)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        assert wait_for(lambda: len(statuses) >= 3)
+        rotate()
+        assert wait_for(in_use)
+        done = len(statuses)
+        assert wait_for(lambda: len(statuses) >= done + 3)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    return statuses
+
+
 def test_kubernetes_rotation_with_zero_failed_requests(
     ias_emulator: IASEmulator, root: Path
 ) -> None:
@@ -136,36 +165,22 @@ def test_kubernetes_rotation_with_zero_failed_requests(
     secret = KubernetesSecret(root / "ias", binding_files(ias))
     app = rotation_app(ias)
     old = ias.client_certificate_thumbprint
-    statuses: list[int] = []
-    stop = threading.Event()
 
-    def load() -> None:
-        client = app.test_client()
-        while not stop.is_set():
-            # A fresh token each time: every request is an exchange at IAS.
-            token = ias.issue_public_token(jti=os.urandom(8).hex())
-            statuses.append(client.get("/api/me", headers=bearer(token)).status_code)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
-        assert wait_for(lambda: len(statuses) >= 3)
+    def rotate() -> None:
         new_binding = ias.rotate_client_certificate(refuse_old=False)
-        new = ias.client_certificate_thumbprint
         secret.write(binding_files(ias, new_binding))
         # IAS drops the old certificate right after the files changed.
         ias.refuse_client_certificate(old)
-        assert wait_for(lambda: thumbprint_in_use(app) == new)
-        done = len(statuses)
-        assert wait_for(lambda: len(statuses) >= done + 3)
-    finally:
-        stop.set()
-        worker.join(timeout=30)
+
+    def new_in_use() -> bool:
+        return thumbprint_in_use(app) == ias.client_certificate_thumbprint
+
+    statuses = statuses_under_load(app, ias, "/api/me", rotate, new_in_use)
 
     assert set(statuses) == {200}, statuses
     used = [call.client_thumbprint for call in ias.exchanges if call.status == 200]
     assert used[0] == old
-    assert used[-1] == new
+    assert used[-1] == ias.client_certificate_thumbprint
 
 
 def xsuaa_files(ias: IASEmulator, binding: dict[str, Any] | None = None) -> dict[str, str]:
@@ -199,38 +214,22 @@ def test_the_xsuaa_certificate_rotates_with_zero_failed_requests(
     xsuaa_secret = KubernetesSecret(root / "xsuaa", xsuaa_files(ias))
     app = xsuaa_rotation_app(ias)
     old = ias.xsuaa_client_certificate_thumbprint
-    statuses: list[int] = []
-    stop = threading.Event()
 
-    def load() -> None:
-        client = app.test_client()
-        while not stop.is_set():
-            # A fresh token each time: every request is an exchange at IAS and at XSUAA.
-            token = ias.issue_public_token(jti=os.urandom(8).hex())
-            statuses.append(client.get("/api/xsuaa", headers=bearer(token)).status_code)
+    def rotate() -> None:
+        xsuaa_secret.write(xsuaa_files(ias, ias.rotate_xsuaa_client_certificate(refuse_old=False)))
+        ias.refuse_client_certificate(old)  # XSUAA drops the old one right after
 
     def new_in_use() -> bool:
+        new = ias.xsuaa_client_certificate_thumbprint
         return any(call.client_thumbprint == new for call in ias.xsuaa_exchanges)
 
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
-        assert wait_for(lambda: len(statuses) >= 3)
-        new_binding = ias.rotate_xsuaa_client_certificate(refuse_old=False)
-        new = ias.xsuaa_client_certificate_thumbprint
-        xsuaa_secret.write(xsuaa_files(ias, new_binding))
-        ias.refuse_client_certificate(old)  # XSUAA drops the old one right after
-        assert wait_for(new_in_use)
-        done = len(statuses)
-        assert wait_for(lambda: len(statuses) >= done + 3)
-    finally:
-        stop.set()
-        worker.join(timeout=30)
+    # Every request is an exchange at IAS and at XSUAA.
+    statuses = statuses_under_load(app, ias, "/api/xsuaa", rotate, new_in_use)
 
     assert set(statuses) == {200}, statuses
     used = [call.client_thumbprint for call in ias.xsuaa_exchanges if call.status == 200]
     assert used[0] == old
-    assert used[-1] == new
+    assert used[-1] == ias.xsuaa_client_certificate_thumbprint
     # The IAS binding did not change: its certificate stayed the one in use.
     assert {call.client_thumbprint for call in ias.exchanges} == {ias.client_certificate_thumbprint}
 
