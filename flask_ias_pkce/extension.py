@@ -73,13 +73,10 @@ class AppState:
     modes: dict[str, str] = field(default_factory=dict)
     #: The second hop, when the xsuaa binding allows it (scope rules need it).
     xsuaa: XsuaaHop | None = None
-    #: Per endpoint, the authorization rules resolved at its first request (with scope
-    #: names qualified by the xsappname); emptied whenever a rule is added.
+    #: Per endpoint that takes a token (required or optional), the authorization rules
+    #: resolved at its first request (with scope names qualified by the xsappname); what
+    #: the hook's fast path looks up. Emptied whenever a mark or rule is added.
     rules: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
-    #: Per endpoint that takes a token (required or optional), its rules: what the hook's
-    #: fast path looks up, once per request. Filled by the full path, emptied with the
-    #: two above.
-    protected: dict[str, tuple[Requirement, ...]] = field(default_factory=dict)
     #: Counts :meth:`forget_endpoints` calls: what a request resolved under an older
     #: generation is never written back (a rule added meanwhile would be lost).
     generation: int = 0
@@ -91,7 +88,6 @@ class AppState:
             self.generation += 1
             self.rules.clear()
             self.modes.clear()
-            self.protected.clear()
 
     def remember_endpoint(
         self, endpoint: str, generation: int, mode: str, rules: tuple[Requirement, ...] | None
@@ -105,7 +101,6 @@ class AppState:
             self.modes[endpoint] = mode
             if rules is not None:
                 self.rules[endpoint] = rules
-                self.protected[endpoint] = rules
 
 
 class IASPKCE:
@@ -442,7 +437,7 @@ class IASPKCE:
         cache = state.authenticator.cache
         fast, in_process = cache.has_in_process_tier, cache.in_process
         longest = state.settings.max_token_bytes + len(_BEARER)
-        protected, xsuaa = state.protected, state.xsuaa
+        rules_of, xsuaa = state.rules, state.xsuaa
         current_request = request._get_current_object  # type: ignore[attr-defined]
         cache_hit = signals.cache_hit
 
@@ -459,7 +454,7 @@ class IASPKCE:
                 and not _may_hold_token(current.query_string)
             ):
                 rule = current.url_rule  # None: not routed (404, 405, redirect)
-                rules = protected.get(rule.endpoint) if rule is not None else None
+                rules = rules_of.get(rule.endpoint) if rule is not None else None
                 if rules is not None:
                     token = authorization[len(_BEARER) :]
                     entry = in_process(token)
