@@ -50,6 +50,12 @@ _PER_TOKEN_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "jti", 
 Params = dict[str, list[str]]
 
 
+def usable_redirect_uri(uri: str) -> bool:
+    """Whether ``uri`` can be a redirect URI: absolute, without a fragment (RFC 6749 3.1.2)."""
+    split = urlsplit(uri)
+    return bool(split.scheme) and not split.fragment and bool(split.netloc or split.path)
+
+
 def redirect_uri_registered(uri: str, registered: Iterable[str]) -> bool:
     """Whether ``uri`` is one of the ``registered`` redirect URIs: the same string (RFC
     6749 3.1.2.3, RFC 9700 2.1: exact string matching), or, for a registered URI with
@@ -406,12 +412,11 @@ class Tenant:
                 params["login_hint"] = picked
         query = {name: values[0] for name, values in params.items()}
         redirect_uri = query.get("redirect_uri", "")
-        split = urlsplit(redirect_uri)
         # RFC 6749 4.1.2.1: never redirect for an unknown client or to an unusable URI.
         if query.get("client_id") != self.public_client_id:
             payload = {"error": "invalid_request", "error_description": "unknown client_id"}
             return json_response(400, payload)
-        if not split.scheme or split.fragment or not (split.netloc or split.path):
+        if not usable_redirect_uri(redirect_uri):
             payload = {"error": "invalid_request", "error_description": "invalid redirect_uri"}
             return json_response(400, payload)
         if not redirect_uri_registered(redirect_uri, self.redirect_uris):

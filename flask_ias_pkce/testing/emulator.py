@@ -44,6 +44,7 @@ from flask_ias_pkce.testing._tenant import (
     Tenant,
     basic_credentials,
     s256,
+    usable_redirect_uri,
 )
 
 DEFAULT_APP_TID = "0f3c6d2e-6a1b-4c55-9d0e-7b8a2f4c1e90"
@@ -71,8 +72,7 @@ _SUBSCRIBER = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def _checked_redirect_uri(uri: str) -> str:
-    split = urlsplit(uri)
-    if not split.scheme or split.fragment or not (split.netloc or split.path):
+    if not usable_redirect_uri(uri):
         raise ValueError(f"a redirect URI is absolute and has no fragment, got {uri!r}")
     return uri
 
