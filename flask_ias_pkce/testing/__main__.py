@@ -146,6 +146,7 @@ def _print_text(
         "",
         token,
         "",
+        *_subscriber_lines(emulator),
         "Sign in with PKCE in a browser (trust the CA file, or accept the certificate):",
         "",
         login_url,
@@ -157,24 +158,25 @@ def _print_text(
         f"-d redirect_uri={shlex.quote(redirect)} -d code_verifier={verifier} -d code=<CODE>",
         "",
     ]
-    subscribers = _subscribers(emulator)
-    if subscribers:
-        # After the provider's token, before the sign-in: the curl line ends the text.
-        tenants = [
-            "Subscriber tenants (<name>.localhost is the loopback address on most systems,",
-            "RFC 6761; where it is not, add it to /etc/hosts or use curl --resolve):",
-            "",
-        ]
-        for name, tenant in subscribers.items():
-            tenants += [
-                f"  {name:14}  {tenant['url']}  app_tid {tenant['app_tid']}",
-                f"  {'':14}  public token: {tenant['public_token']}",
-            ]
-        signing_in = lines.index(
-            "Sign in with PKCE in a browser (trust the CA file, or accept the certificate):"
-        )
-        lines[signing_in:signing_in] = [*tenants, ""]
     out.write("\n".join(lines) + "\n")
+
+
+def _subscriber_lines(emulator: IASEmulator) -> list[str]:
+    """The text's block on subscriber tenants (none without them)."""
+    subscribers = _subscribers(emulator)
+    if not subscribers:
+        return []
+    lines = [
+        "Subscriber tenants (<name>.localhost is the loopback address on most systems,",
+        "RFC 6761; where it is not, add it to /etc/hosts or use curl --resolve):",
+        "",
+    ]
+    for name, tenant in subscribers.items():
+        lines += [
+            f"  {name:14}  {tenant['url']}  app_tid {tenant['app_tid']}",
+            f"  {'':14}  public token: {tenant['public_token']}",
+        ]
+    return [*lines, ""]
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
